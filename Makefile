@@ -1,0 +1,34 @@
+# Two commands: `make run` (the main job) and `make test`. Both set up .venv first.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU build of torch; on a GPU box override it, e.g. `make setup TORCH_SPEC="torch"`.
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+PROFILE ?= quick
+ARGS ?=
+
+.PHONY: setup run test lab clean-outputs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (set PYTHON=...)" >&2; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m ipykernel install --sys-prefix --name lab6 --display-name "lab6 (.venv)" >/dev/null
+	touch $(STAMP)
+
+run: setup
+	$(PY) -m lab6 run --profile $(PROFILE) $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(ARGS)
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-outputs:
+	rm -rf outputs/

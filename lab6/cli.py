@@ -1,0 +1,166 @@
+"""Command-line interface: `lab6 <command>` (also `python -m lab6 <command>`), one sub-command per step.
+
+Exit codes: 0 success, 1 bad input or failed step (a one-line message on stderr), 2 usage error.
+Add `--debug` before the command to see the full traceback of a failure.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import Lab6Error
+
+PROFILES = ("tiny", "quick", "full", "seed")
+SAMPLERS = ("ddpm", "ddim", "dpm")
+
+
+# ---------------------------------------------------------------- synth
+def _add_synth(sub) -> None:
+    p = sub.add_parser("synth", help="render a CLEVR-style dataset in the course's layout",
+                       description="Render a synthetic CLEVR-style dataset in the iCLEVR layout "
+                                   "(objects.json, train.json, test files, iclevr/*.png).")
+    p.add_argument("--out", required=True, help="output folder, e.g. data/synth")
+    p.add_argument("--scenes", type=int, default=6000, help="training scenes; each gives 3 images (default 6000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed and options give identical files")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    p.add_argument("--workers", type=int, default=0, help="processes (default 0 = all cores)")
+    p.add_argument("--like", default=None, metavar="TRAIN_JSON",
+                   help="render exactly the file names and label sets of an existing train.json")
+    p.set_defaults(func=_cmd_synth)
+
+
+def _cmd_synth(args) -> int:
+    from .synth import write_dataset
+    write_dataset(args.out, scenes=args.scenes, seed=args.seed, size=args.size,
+                  workers=args.workers, like=args.like)
+    return 0
+
+
+# ---------------------------------------------------------------- train-evaluator
+def _add_train_evaluator(sub) -> None:
+    p = sub.add_parser("train-evaluator", help="train the ResNet-18 evaluator on a dataset in the course layout",
+                       description="Train a multi-label ResNet-18 (the course's evaluator architecture) and "
+                                   "save it in the course's checkpoint format.")
+    p.add_argument("--data", required=True, help="dataset root in the course layout, e.g. data/synth")
+    p.add_argument("--out", default=None, help="checkpoint path (default <data>/evaluator.pth)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.set_defaults(func=_cmd_train_evaluator)
+
+
+def _cmd_train_evaluator(args) -> int:
+    from .evaluator import train_evaluator
+    train_evaluator(args.data, out=args.out, seed=args.seed, device=args.device)
+    return 0
+
+
+# ---------------------------------------------------------------- train
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train the conditional DDPM",
+                       description="Train the conditional UNet with a profile's settings.")
+    p.add_argument("--data", default=None, help="dataset root (default: data/iclevr if present, else data/synth)")
+    p.add_argument("--profile", choices=PROFILES, default="quick", help="settings profile (default quick)")
+    p.add_argument("--config", default=None, help="YAML file overriding the profile's fields")
+    p.add_argument("--out", required=True, help="output folder for checkpoints, metrics and the export")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall-clock time")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="write checkpoint-{step}/ every N steps")
+    p.add_argument("--resume", default=None, metavar="latest|PATH", help="resume from the latest or a given checkpoint")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from .train import main_train
+    return main_train(args)
+
+
+# ---------------------------------------------------------------- sample
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate images for a label file and score them",
+                       description="Generate one 64x64 image per label set, write <out>/<name>/<i>.png, "
+                                   "<out>/<name>_grid.png and <out>/<name>_metrics.json.")
+    p.add_argument("--model", required=True, help="training output folder or save_pretrained folder")
+    p.add_argument("--labels", required=True, help="label file: a JSON list of label sets (e.g. test.json)")
+    p.add_argument("--out", required=True, help="output folder, e.g. images")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="sampler (default: the model's best)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's best)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--evaluator", default=None, help="evaluator checkpoint (default: found automatically)")
+    p.add_argument("--device", default=None, help="cpu or cuda")
+    p.set_defaults(func=_cmd_sample)
+
+
+def _cmd_sample(args) -> int:
+    from .sample import main_sample
+    return main_sample(args)
+
+
+# ---------------------------------------------------------------- evaluate
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a folder of <i>.png images against a label file",
+                       description="Score images/<i>.png against label set i with the evaluator "
+                                   "(the course's pooled top-k accuracy).")
+    p.add_argument("--images", required=True, help="folder holding 0.png, 1.png, ...")
+    p.add_argument("--labels", required=True, help="label file: a JSON list of label sets")
+    p.add_argument("--evaluator", default=None, help="evaluator checkpoint (default: found automatically)")
+    p.add_argument("--device", default=None, help="cpu or cuda")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluator import main_evaluate
+    return main_evaluate(args)
+
+
+# ---------------------------------------------------------------- run
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="the whole pipeline: data, evaluator, training, sampling, report",
+                       description="Render data and train the evaluator if missing, then execute the "
+                                   "notebooks with papermill and write an HTML report.")
+    p.add_argument("--profile", choices=PROFILES, default="quick", help="settings profile (default quick)")
+    p.add_argument("--data-root", default=None, help="dataset root (default: data/iclevr if present, else data/synth)")
+    p.add_argument("--out", default=None, help="run folder (default outputs/<profile>)")
+    p.add_argument("--device", default=None, help="cpu or cuda")
+    p.add_argument("--force", action="store_true", help="re-run notebooks whose outputs are already complete")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args) -> int:
+    from .run import main_run
+    return main_run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `lab6` argument parser with all sub-commands."""
+    parser = argparse.ArgumentParser(prog="lab6", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"lab6 {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_synth, _add_train_evaluator, _add_train, _add_sample, _add_evaluate, _add_run):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `lab6` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except Lab6Error as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
