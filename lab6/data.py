@@ -1,0 +1,234 @@
+"""The iCLEVR data layer: label files, image folders and an in-memory torch Dataset.
+
+Every dataset path goes through this module, which validates the course layout once:
+
+    root/objects.json        {"gray cube": 0, ...}         (must equal lab6.labels.OBJECT_TO_INDEX)
+    root/train.json          {"CLEVR_train_001032_0.png": ["yellow sphere"], ...}
+    root/test.json           [["gray cube"], ["red cube", "blue sphere"], ...]
+    root/new_test.json       (same format; new_test stresses attribute binding)
+    root/unseen_test.json    (ours; combinations never seen in train.json)
+    root/iclevr/*.png        the training images
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from . import labels as L
+from .errors import DataError, LabelError
+from .io import atomic_path
+
+TEST_SPLITS = ("test", "new_test", "unseen_test")
+DATA_DIR = Path("data")
+
+
+def read_json(path: str | os.PathLike):
+    """Parse a JSON file; errors name the file and the line/column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LabelError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+
+
+def read_objects(path: str | os.PathLike) -> dict[str, int]:
+    """Read objects.json and check it is the course vocabulary in the course order."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise LabelError(f"{path}: expected a JSON object {{name: index}}, got {type(obj).__name__}")
+    if obj != L.OBJECT_TO_INDEX:
+        for name, idx in obj.items():
+            if name not in L.OBJECT_TO_INDEX:
+                raise LabelError(f"{path}: entry {name!r} is not one of the 24 course objects")
+            if idx != L.OBJECT_TO_INDEX[name]:
+                raise LabelError(f"{path}: entry {name!r} has index {idx!r}, the course order needs "
+                                 f"{L.OBJECT_TO_INDEX[name]} (a different order is not remapped)")
+        missing = [n for n in L.OBJECTS if n not in obj]
+        raise LabelError(f"{path}: missing {len(missing)} of the 24 objects, e.g. {missing[0]!r}")
+    return dict(obj)
+
+
+def read_train(path: str | os.PathLike) -> dict[str, list[str]]:
+    """Read train.json: {image file name: [object names]}, every entry validated."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise LabelError(f"{path}: expected a JSON object {{\"image.png\": [names]}}, got {type(obj).__name__}")
+    if not obj:
+        raise LabelError(f"{path}: no training images listed")
+    return {name: L.validate(labels, f"{path}: entry {name!r}") for name, labels in obj.items()}
+
+
+def read_label_file(path: str | os.PathLike) -> list[list[str]]:
+    """Read a test file (test.json, new_test.json, ...): a list of label sets, every entry validated."""
+    obj = read_json(path)
+    if not isinstance(obj, list):
+        raise LabelError(f"{path}: expected a JSON list of label sets like [[\"red sphere\"], ...], "
+                         f"got {type(obj).__name__}")
+    if not obj:
+        raise LabelError(f"{path}: no label sets listed")
+    return [L.validate(s, f"{path}: entry {i}") for i, s in enumerate(obj)]
+
+
+def default_data_root() -> Path:
+    """data/iclevr when it holds the course's train.json, else data/synth (the rendered default)."""
+    course = DATA_DIR / "iclevr"
+    return course if (course / "train.json").exists() else DATA_DIR / "synth"
+
+
+class CourseData:
+    """A dataset folder in the course layout, its label files validated on open."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else default_data_root()
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset folder not found; render one with "
+                            f"`lab6 synth --out data/synth` or put the course files in data/iclevr/")
+        self.image_dir = self.root / "iclevr"
+        objects = self.root / "objects.json"
+        if objects.exists():
+            read_objects(objects)
+        self.train = read_train(self.root / "train.json")
+
+    def label_path(self, name: str) -> Path:
+        """Path of a test label file, e.g. label_path('new_test')."""
+        name = name[:-5] if name.endswith(".json") else name
+        return self.root / f"{name}.json"
+
+    def splits(self) -> list[str]:
+        """The test splits present in this folder, in TEST_SPLITS order."""
+        return [s for s in TEST_SPLITS if self.label_path(s).exists()]
+
+    def label_sets(self, name: str) -> list[list[str]]:
+        """The label sets of test file `name` ('test', 'new_test' or 'unseen_test')."""
+        return read_label_file(self.label_path(name))
+
+    def missing_images(self) -> list[str]:
+        """File names in train.json with no image in iclevr/."""
+        present = set(os.listdir(self.image_dir)) if self.image_dir.is_dir() else set()
+        return [n for n in self.train if n not in present]
+
+    def check_images(self) -> None:
+        """Raise DataError naming how many referenced images are missing and the first few."""
+        missing = self.missing_images()
+        if missing:
+            first = ", ".join(missing[:5])
+            raise DataError(f"{self.image_dir}: {len(missing)} of {len(self.train)} images listed in "
+                            f"train.json are missing (first: {first})")
+
+    def __repr__(self) -> str:
+        return f"CourseData({str(self.root)!r}, train={len(self.train)}, splits={self.splits()})"
+
+
+def load_image(path: str | os.PathLike, resolution: int = 64) -> np.ndarray:
+    """Read any image as uint8 RGB (R, R, 3), resized with antialiasing when its size differs."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (resolution, resolution):
+                im = im.resize((resolution, resolution), Image.Resampling.BICUBIC, reducing_gap=None)
+            return np.asarray(im, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise DataError(f"{path}: image not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: not a readable image ({e})") from None
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Float images (B, 3, H, W) in [-1, 1] -> uint8 array (B, H, W, 3)."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def from_uint8(a: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, H, W, 3) or (B, 3, H, W) tensor -> float (B, 3, H, W) in [-1, 1]."""
+    t = torch.as_tensor(a)
+    if t.shape[-1] == 3 and t.shape[1] != 3:
+        t = t.permute(0, 3, 1, 2)
+    return t.float() / 127.5 - 1.0
+
+
+def load_images(paths: list[Path], resolution: int = 64, threads: int = 4) -> np.ndarray:
+    """Decode many images in parallel into one uint8 array (N, R, R, 3)."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        arrays = list(pool.map(lambda p: load_image(p, resolution), paths, chunksize=64))
+    return np.stack(arrays) if arrays else np.zeros((0, resolution, resolution, 3), np.uint8)
+
+
+def load_image_folder(folder: str | os.PathLike, n: int, resolution: int = 64) -> torch.Tensor:
+    """Read folder/0.png .. folder/{n-1}.png as float (n, 3, R, R) in [-1, 1]."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: image folder not found")
+    paths = [folder / f"{i}.png" for i in range(n)]
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise DataError(f"{folder}: {len(missing)} of {n} images missing (first: {', '.join(missing[:5])}); "
+                        f"expected 0.png .. {n - 1}.png, one per label set")
+    return from_uint8(load_images(paths, resolution))
+
+
+class IclevrDataset(torch.utils.data.Dataset):
+    """Training images and their multi-hot labels, decoded once and held in memory as uint8.
+
+    `ds[i]` -> (image float (3, R, R) in [-1, 1], multi-hot float (24,)).
+    The decoded array is cached in `root/.cache/` (keyed by train.json and R) so later runs load in a second.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, resolution: int = 64, cache: bool = True,
+                 progress: bool = False):
+        self.data = CourseData(root)
+        self.root, self.resolution = self.data.root, resolution
+        self.data.check_images()
+        self.names = list(self.data.train)
+        self.labels = L.encode_batch([self.data.train[n] for n in self.names])  # (N, 24)
+        self.images = torch.from_numpy(self._load(cache, progress)).permute(0, 3, 1, 2).contiguous()  # (N,3,R,R) uint8
+
+    def _cache_path(self) -> Path:
+        key = hashlib.sha1((self.root / "train.json").read_bytes()).hexdigest()[:12]
+        return self.root / ".cache" / f"images_{self.resolution}px_{key}.npy"
+
+    def _load(self, cache: bool, progress: bool) -> np.ndarray:
+        path = self._cache_path()
+        if cache and path.exists():
+            try:
+                arr = np.load(path, mmap_mode=None)
+                if arr.shape == (len(self.names), self.resolution, self.resolution, 3):
+                    return arr
+            except (OSError, ValueError):
+                pass  # a corrupt cache is rebuilt below
+        paths = [self.data.image_dir / n for n in self.names]
+        if progress:
+            from tqdm.auto import tqdm
+            arr = np.stack([load_image(p, self.resolution) for p in tqdm(paths, desc="decode images")])
+        else:
+            arr = load_images(paths, self.resolution)
+        if cache:
+            try:
+                with atomic_path(path) as tmp:
+                    with open(tmp, "wb") as f:
+                        np.save(f, arr)
+            except OSError:
+                pass  # read-only dataset folder: keep the array in memory only
+        return arr
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i].float() / 127.5 - 1.0, self.labels[i]
+
+    def __repr__(self) -> str:
+        return f"IclevrDataset({str(self.root)!r}, n={len(self)}, resolution={self.resolution})"
