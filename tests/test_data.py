@@ -1,0 +1,118 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lab6 import data as D
+from lab6 import labels as L
+from lab6.errors import DataError, LabelError
+
+
+def test_dataset_loads_course_layout(course_dir):
+    ds = D.IclevrDataset(course_dir, resolution=32)
+    assert len(ds) == 12 and ds.images.shape == (12, 3, 32, 32) and ds.images.dtype == torch.uint8
+    x, y = ds[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and -1 <= x.min() and x.max() <= 1
+    assert y.shape == (24,) and y.sum() >= 1
+    assert (course_dir / ".cache").is_dir()  # decoded once, cached
+    ds2 = D.IclevrDataset(course_dir, resolution=32)
+    assert torch.equal(ds.images, ds2.images)
+
+
+def test_image_modes_and_sizes_are_converted(tmp_path):
+    for mode, size in (("RGBA", 80), ("L", 64), ("P", 40), ("RGB", 64)):
+        p = tmp_path / f"{mode}.png"
+        Image.new(mode, (size, size), color=120 if mode in ("L", "P") else (10, 20, 30, 255)[:len(mode)]).save(p)
+        a = D.load_image(p, 64)
+        assert a.shape == (64, 64, 3) and a.dtype == np.uint8
+
+
+def test_bad_images_are_named(tmp_path):
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="junk.png: not a readable image"):
+        D.load_image(tmp_path / "junk.png")
+    good = tmp_path / "good.png"
+    Image.new("RGB", (64, 64)).save(good)
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[:30])
+    with pytest.raises(DataError, match="cut.png"):
+        D.load_image(tmp_path / "cut.png")
+
+
+def test_missing_images_are_reported(course_dir):
+    for p in sorted((course_dir / "iclevr").glob("*.png"))[:3]:
+        p.unlink()
+    with pytest.raises(DataError, match=r"3 of 12 images listed in train.json are missing \(first: img_0000.png"):
+        D.IclevrDataset(course_dir)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON (line 1"),
+    ('[["red cube"]]', "expected a JSON object"),
+    ('{"a.png": ["red cube", "red cube"]}', "entry 'a.png'[1]: duplicate object"),
+    ('{"a.png": []}', "entry 'a.png': empty label set"),
+    ('{}', "no training images"),
+])
+def test_train_json_errors(tmp_path, content, message):
+    p = tmp_path / "train.json"
+    p.write_text(content)
+    with pytest.raises(LabelError) as info:
+        D.read_train(p)
+    assert message in str(info.value) and str(p) in str(info.value)
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"a": 1}', "expected a JSON list of label sets"),
+    ('[["red cube"], ["blue cub"]]', "entry 1[0]: unknown object 'blue cub'; did you mean 'blue cube'"),
+    ('[["red cube"], "red cube"]', "entry 1: expected a list"),
+    ('[]', "no label sets"),
+])
+def test_label_file_errors(tmp_path, content, message):
+    p = tmp_path / "test.json"
+    p.write_text(content)
+    with pytest.raises(LabelError) as info:
+        D.read_label_file(p)
+    assert message in str(info.value)
+
+
+def test_objects_json_must_match_course_order(tmp_path):
+    p = tmp_path / "objects.json"
+    swapped = dict(L.OBJECT_TO_INDEX, **{"gray cube": 1, "red cube": 0})
+    p.write_text(json.dumps(swapped))
+    with pytest.raises(LabelError, match="'gray cube' has index 1, the course order needs 0"):
+        D.read_objects(p)
+    p.write_text(json.dumps({k: v for k, v in L.OBJECT_TO_INDEX.items() if k != "red cube"}))
+    with pytest.raises(LabelError, match="missing 1 of the 24 objects"):
+        D.read_objects(p)
+    p.write_text(json.dumps(dict(L.OBJECT_TO_INDEX, **{"pink cube": 24})))
+    with pytest.raises(LabelError, match="'pink cube' is not one of the 24"):
+        D.read_objects(p)
+
+
+def test_missing_folder_and_file(tmp_path):
+    with pytest.raises(DataError, match="dataset folder not found"):
+        D.CourseData(tmp_path / "nope")
+    with pytest.raises(DataError, match="train.json: file not found"):
+        D.CourseData(tmp_path)
+
+
+def test_image_folder_round_trip(tmp_path):
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    for i, a in enumerate(D.to_uint8(x)):
+        Image.fromarray(a).save(tmp_path / f"{i}.png")
+    y = D.load_image_folder(tmp_path, 3)
+    assert y.shape == (3, 3, 64, 64) and (y - x).abs().max() <= 1 / 127.5 + 1e-6
+    with pytest.raises(DataError, match="1 of 4 images missing"):
+        D.load_image_folder(tmp_path, 4)
+
+
+def test_course_label_files(course_labels_dir):
+    data = D.CourseData(course_labels_dir)  # objects.json validated on open
+    assert len(data.train) == 18009
+    counts = [sum(1 for v in data.train.values() if len(v) == k) for k in (1, 2, 3)]
+    assert counts == [6003, 6003, 6003]
+    test, new_test = data.label_sets("test"), data.label_sets("new_test")
+    assert (len(test), len(new_test)) == (32, 32)
+    assert (sum(map(len, test)), sum(map(len, new_test))) == (72, 84)
+    assert L.encode_batch(new_test).shape == (32, 24)
