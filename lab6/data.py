@@ -26,7 +26,16 @@ from .errors import DataError, LabelError
 from .io import atomic_path
 
 TEST_SPLITS = ("test", "new_test", "unseen_test")
-DATA_DIR = Path("data")
+
+
+def _project_root() -> Path:
+    """The repository root for an editable install (it holds pyproject.toml), else the working folder."""
+    here = Path(__file__).resolve().parents[1]
+    return here if (here / "pyproject.toml").exists() else Path.cwd()
+
+
+PROJECT_ROOT = _project_root()
+DATA_DIR = Path(os.environ.get("LAB6_DATA_DIR", PROJECT_ROOT / "data"))
 
 
 def read_json(path: str | os.PathLike):
@@ -232,3 +241,30 @@ class IclevrDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return f"IclevrDataset({str(self.root)!r}, n={len(self)}, resolution={self.resolution})"
+
+
+def label_stats(label_sets: list[list[str]]) -> dict:
+    """Objects per set, per-class frequency (24,) and co-occurrence counts (24, 24) of some label sets."""
+    y = L.encode_batch(label_sets).numpy()  # (N, 24)
+    k = y.sum(1).astype(int)
+    return {
+        "sets": len(label_sets),
+        "labels": int(k.sum()),
+        "objects_per_set": {int(n): int((k == n).sum()) for n in sorted(set(k.tolist()))},
+        "class_counts": y.sum(0).astype(int),  # (24,)
+        "cooccurrence": (y.T @ y).astype(int),  # (24, 24), diagonal = class counts
+    }
+
+
+def binding_stats(label_sets: list[list[str]]) -> dict:
+    """How often a set repeats a colour across shapes or a shape across colours (attribute binding)."""
+    rep_color = sum(len({n.split()[0] for n in s}) < len(s) for s in label_sets)
+    rep_shape = sum(len({n.split()[1] for n in s}) < len(s) for s in label_sets)
+    multi = sum(len(s) > 1 for s in label_sets)
+    return {"multi_object_sets": multi, "repeated_colour": rep_color, "repeated_shape": rep_shape}
+
+
+def unseen_pairs(label_sets: list[list[str]], train: dict[str, list[str]]) -> int:
+    """Number of object pairs in `label_sets` that never appear together in any training image."""
+    seen = {frozenset((a, b)) for s in train.values() for a in s for b in s if a != b}
+    return sum(frozenset((a, b)) not in seen for s in label_sets for i, a in enumerate(s) for b in s[i + 1:])
