@@ -1,0 +1,394 @@
+"""Typed settings, one dataclass per concern, and the named profiles tiny / quick / full / seed.
+
+`load_config(profile, yaml_path=None, **overrides)` starts from `PROFILES[profile]`, applies a YAML file
+(sections `model`, `schedule`, `train`, `sample`; unknown keys are errors) and then keyword overrides, given
+either per section (`train={"max_steps": 2}`) or as a field name that belongs to one section only
+(`max_steps=2`). configs/<profile>.yaml are written from PROFILES by `python -m lab6.config` and a test
+checks they still agree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+OUTPUT_SIZE = 64  # the course's and the evaluator's image side
+SAMPLERS = ("ddpm", "ddim", "dpm")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+BETA_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+BLOCKS = ("DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D")
+
+
+@dataclass
+class ModelConfig:
+    """The conditional UNet: diffusers UNet2DModel + a learned projection of the 24-dim multi-hot label."""
+    sample_size: int = 32  # training resolution; the pipeline upsamples (bilinear) to output_size
+    output_size: int = OUTPUT_SIZE
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    layers_per_block: int = 1
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D")
+    up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D")
+    attention_head_dim: int = 8
+    norm_num_groups: int = 32
+    time_embedding_dim: int | None = None  # None: 4 * block_out_channels[0]
+    resnet_time_scale_shift: str = "default"  # "scale_shift": time+label embedding as FiLM scale and shift
+    dropout: float = 0.0
+    num_classes: int = 24
+
+
+@dataclass
+class ScheduleConfig:
+    """The forward process q(x_t | x_0) and what the network predicts."""
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "v_prediction"
+    zero_terminal_snr: bool = False  # rescale betas so that alphas_cumprod[T-1] = 0 (Lin et al. 2024)
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop (Algorithm 1 of Ho et al.) with EMA, CFG dropout, checkpoints and validation."""
+    output_dir: str = "outputs/train"
+    data_root: str | None = None  # None: lab6.data.default_data_root()
+    seed: int = 0
+    batch_size: int = 64  # per process
+    max_steps: int = 600
+    max_minutes: float | None = None
+    lr: float = 2e-3
+    lr_scheduler: str = "cosine"
+    lr_warmup_steps: int = 50
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    cond_drop_prob: float = 0.1  # P(label -> all-zero "no condition") for classifier-free guidance
+    min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
+    hflip: bool = True  # colours and shapes are mirror-invariant, so flipped scenes keep their labels
+    ema_decay: float = 0.999
+    ema_warmup: bool = True  # EMA decay grows as 1 - (1 + step)^-2/3 up to ema_decay
+    mixed_precision: str = "bf16"  # autocast dtype on CUDA; CPU always trains in float32
+    device: str | None = None  # None: cuda if available
+    num_threads: int | None = None  # torch CPU threads; None: leave torch's default
+    log_every: int = 10
+    checkpoint_every: int = 200
+    checkpoints_total_limit: int | None = 2
+    validate_every: int = 200  # 0: only at the end
+    validate_num: int = 32  # label sets per split in the fixed-seed validation grid; 0: no validation
+    validate_splits: tuple[str, ...] = ("test", "new_test")
+    evaluator: str | None = None  # None: <data_root>/checkpoint.pth or evaluator.pth, else lab6.evaluator's default
+
+
+@dataclass
+class SampleConfig:
+    """Reverse process defaults; they travel with the saved pipeline."""
+    sampler: str = "dpm"
+    num_steps: int = 25
+    guidance_scale: float = 4.0
+    timestep_spacing: str = "trailing"
+    eta: float = 0.0  # DDIM only: 0 = deterministic
+    seed: int = 0
+    batch_size: int = 64
+
+
+@dataclass
+class Config:
+    """All settings of one profile."""
+    profile: str = "quick"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python form (tuples as lists) for YAML/JSON."""
+        return _plain(dataclasses.asdict(self))
+
+
+SECTIONS = {"model": ModelConfig, "schedule": ScheduleConfig, "train": TrainConfig, "sample": SampleConfig}
+
+_SEED_UNET = dict(  # the seed report's UNet, exactly
+    sample_size=64, layers_per_block=2, block_out_channels=(128, 128, 256, 256, 512, 512),
+    down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+)
+
+
+def _profiles() -> dict[str, Config]:
+    tiny = Config(
+        profile="tiny",
+        model=ModelConfig(sample_size=16, block_out_channels=(8, 8), layers_per_block=1,
+                          down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                          up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                          attention_head_dim=8, norm_num_groups=4, time_embedding_dim=16),
+        train=TrainConfig(output_dir="outputs/tiny/train", batch_size=8, max_steps=20, lr=2e-3,
+                          lr_warmup_steps=2, log_every=1, checkpoint_every=10, validate_every=0,
+                          validate_num=8, num_threads=2),
+        sample=SampleConfig(sampler="ddim", num_steps=10, guidance_scale=2.0, batch_size=64),
+    )
+    quick = Config(profile="quick", train=TrainConfig(output_dir="outputs/quick/train", num_threads=2))
+    full = Config(
+        profile="full",
+        model=ModelConfig(**_SEED_UNET),
+        train=TrainConfig(output_dir="outputs/full/train", batch_size=64, max_steps=30000, lr=2e-4,
+                          lr_warmup_steps=500, ema_decay=0.9999, checkpoint_every=2000,
+                          validate_every=2000, validate_num=64),
+        sample=SampleConfig(sampler="dpm", num_steps=25, guidance_scale=2.0),
+    )
+    seed = Config(
+        profile="seed",
+        model=ModelConfig(**_SEED_UNET),
+        schedule=ScheduleConfig(prediction_type="epsilon", beta_schedule="squaredcos_cap_v2"),
+        train=TrainConfig(output_dir="outputs/seed/train", batch_size=64, max_steps=30000, lr=1e-4,
+                          lr_warmup_steps=500, cond_drop_prob=0.0, hflip=False, ema_decay=0.9999,
+                          checkpoint_every=2000, validate_every=2000, validate_num=64),
+        sample=SampleConfig(sampler="ddpm", num_steps=1000, guidance_scale=1.0, timestep_spacing="leading"),
+    )
+    return {"tiny": tiny, "quick": quick, "full": full, "seed": seed}
+
+
+PROFILES: dict[str, Config] = _profiles()
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(section: str, f: dataclasses.Field, value, where: str):
+    """Check/convert one value against the field's annotation (str / int / float / bool / tuple / optional)."""
+    ann = str(f.type)
+    name = f"{where}{section}.{f.name}"
+    optional = "None" in ann
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name}: must not be empty")
+    base = ann.replace(" | None", "").strip()
+    if base.startswith("tuple"):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        item = int if "int" in base else str
+        if not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{name}: expected a list of {item.__name__}, got {value!r}")
+        return tuple(value)
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if base == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _apply(cfg: Config, section: str, values: dict, where: str = "") -> None:
+    """Set the fields of one section from a dict, rejecting unknown keys."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}{section}: expected a mapping of field: value, got {type(values).__name__}")
+    obj = getattr(cfg, section)
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"{where}{section}.{key}: unknown setting; valid keys: {', '.join(fields)}")
+        setattr(obj, key, _coerce(section, fields[key], value, where))
+
+
+def _field_sections() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            out.setdefault(f.name, []).append(section)
+    return out
+
+
+def validate_config(cfg: Config, where: str = "") -> Config:
+    """Raise ConfigError for values that cannot work; returns cfg."""
+    m, s, t, p = cfg.model, cfg.schedule, cfg.train, cfg.sample
+
+    def bad(name, msg):
+        raise ConfigError(f"{where}{name}: {msg}")
+
+    for name, v in (("train.batch_size", t.batch_size), ("train.max_steps", t.max_steps),
+                    ("sample.num_steps", p.num_steps), ("sample.batch_size", p.batch_size),
+                    ("model.sample_size", m.sample_size), ("model.output_size", m.output_size),
+                    ("model.layers_per_block", m.layers_per_block), ("train.log_every", t.log_every),
+                    ("train.checkpoint_every", t.checkpoint_every), ("model.num_classes", m.num_classes),
+                    ("schedule.num_train_timesteps", s.num_train_timesteps)):
+        if v <= 0:
+            bad(name, f"must be > 0, got {v}")
+    if t.lr <= 0:
+        bad("train.lr", f"must be > 0, got {t.lr}")
+    if t.max_minutes is not None and t.max_minutes <= 0:
+        bad("train.max_minutes", f"must be > 0 (or empty for no limit), got {t.max_minutes}")
+    if p.guidance_scale < 0:
+        bad("sample.guidance_scale", f"must be >= 0 (1 = no guidance), got {p.guidance_scale}")
+    if not 0 <= t.cond_drop_prob < 1:
+        bad("train.cond_drop_prob", f"must be in [0, 1), got {t.cond_drop_prob}")
+    if not 0 <= t.ema_decay < 1:
+        bad("train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
+    for name in ("lr_warmup_steps", "validate_every", "validate_num", "grad_clip", "weight_decay"):
+        if getattr(t, name) < 0:
+            bad(f"train.{name}", f"must be >= 0, got {getattr(t, name)}")
+    if t.num_threads is not None and t.num_threads <= 0:
+        bad("train.num_threads", f"must be > 0 (or empty for torch's default), got {t.num_threads}")
+    if t.checkpoints_total_limit is not None and t.checkpoints_total_limit < 1:
+        bad("train.checkpoints_total_limit", f"must be >= 1 (or empty for no limit), got {t.checkpoints_total_limit}")
+    if t.min_snr_gamma is not None and t.min_snr_gamma <= 0:
+        bad("train.min_snr_gamma", f"must be > 0 (or empty for plain MSE), got {t.min_snr_gamma}")
+    if m.output_size % m.sample_size:
+        bad("model.sample_size", f"{m.sample_size} must divide output_size {m.output_size}")
+    n = len(m.block_out_channels)
+    if n == 0 or len(m.down_block_types) != n or len(m.up_block_types) != n:
+        bad("model.block_out_channels", f"down_block_types, up_block_types and block_out_channels need equal "
+                                        f"lengths, got {len(m.down_block_types)}, {len(m.up_block_types)}, {n}")
+    if m.sample_size % (2 ** (n - 1)):
+        bad("model.sample_size", f"{m.sample_size} is not divisible by 2^{n - 1} ({n} resolution levels)")
+    for b in (*m.down_block_types, *m.up_block_types):
+        if b not in BLOCKS:
+            bad("model.down_block_types", f"unknown block {b!r}; valid: {', '.join(BLOCKS)}")
+    if any(c % m.norm_num_groups for c in m.block_out_channels):
+        bad("model.norm_num_groups", f"{m.norm_num_groups} must divide every channel count {m.block_out_channels}")
+    if m.resnet_time_scale_shift not in ("default", "scale_shift"):
+        bad("model.resnet_time_scale_shift", f"must be 'default' or 'scale_shift', got {m.resnet_time_scale_shift!r}")
+    if s.beta_schedule not in BETA_SCHEDULES:
+        bad("schedule.beta_schedule", f"must be one of {', '.join(BETA_SCHEDULES)}, got {s.beta_schedule!r}")
+    if s.prediction_type not in PREDICTION_TYPES:
+        bad("schedule.prediction_type", f"must be one of {', '.join(PREDICTION_TYPES)}, got {s.prediction_type!r}")
+    if s.zero_terminal_snr and s.prediction_type != "v_prediction":
+        bad("schedule.zero_terminal_snr", "needs prediction_type 'v_prediction' (eps carries no signal at SNR 0)")
+    if p.sampler not in SAMPLERS:
+        bad("sample.sampler", f"must be one of {', '.join(SAMPLERS)}, got {p.sampler!r}")
+    if p.num_steps > s.num_train_timesteps:
+        bad("sample.num_steps", f"{p.num_steps} exceeds num_train_timesteps {s.num_train_timesteps}")
+    if p.timestep_spacing not in TIMESTEP_SPACINGS:
+        bad("sample.timestep_spacing", f"must be one of {', '.join(TIMESTEP_SPACINGS)}, got {p.timestep_spacing!r}")
+    if t.mixed_precision not in ("no", "bf16", "fp16"):
+        bad("train.mixed_precision", f"must be 'no', 'bf16' or 'fp16', got {t.mixed_precision!r}")
+    if t.lr_scheduler not in ("cosine", "linear", "constant", "constant_with_warmup"):
+        bad("train.lr_scheduler", f"must be cosine, linear, constant or constant_with_warmup, got {t.lr_scheduler!r}")
+    check_device(t.device, f"{where}train.device")
+    return cfg
+
+
+def check_device(device: str | None, where: str = "device") -> str | None:
+    """Reject devices this machine does not have (e.g. 'cuda' without a GPU)."""
+    if device is None:
+        return None
+    import torch
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{where}: {device!r} requested but no CUDA GPU is available; use 'cpu'")
+        if ":" in device:
+            idx = device.split(":", 1)[1]
+            if not idx.isdigit() or int(idx) >= torch.cuda.device_count():
+                raise ConfigError(f"{where}: {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+        return device
+    raise ConfigError(f"{where}: unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Parse a YAML config file into a dict; errors name the file."""
+    import yaml
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections {', '.join(SECTIONS)}")
+    return data
+
+
+def load_config(profile: str = "quick", yaml_path: str | os.PathLike | None = None, **overrides) -> Config:
+    """Profile defaults, then a YAML file, then keyword overrides; validated."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    cfg = copy_config(PROFILES[profile])
+    if yaml_path is not None:
+        data = dict(read_yaml(yaml_path))
+        where = f"{yaml_path}: "
+        named = data.pop("profile", profile)
+        if named != profile:
+            raise ConfigError(f"{where}profile: file is for profile {named!r}, not {profile!r}; "
+                              f"pass --profile {named} or drop the key")
+        for key, values in data.items():
+            if key not in SECTIONS:
+                raise ConfigError(f"{where}{key}: unknown section; valid: profile, {', '.join(SECTIONS)}")
+            _apply(cfg, key, values or {}, where)
+    owners = _field_sections()
+    for key, value in overrides.items():
+        if key in SECTIONS:
+            _apply(cfg, key, value)
+        elif key in owners:
+            if len(owners[key]) > 1:
+                raise ConfigError(f"override {key!r} is ambiguous (in {', '.join(owners[key])}); "
+                                  f"pass e.g. {owners[key][0]}={{{key!r}: ...}}")
+            _apply(cfg, owners[key][0], {key: value})
+        else:
+            raise ConfigError(f"override {key!r}: unknown setting")
+    return validate_config(cfg, f"{yaml_path}: " if yaml_path else "")
+
+
+def copy_config(cfg: Config) -> Config:
+    """A deep copy of cfg."""
+    return config_from_dict(cfg.to_dict())
+
+
+def config_from_dict(data: dict) -> Config:
+    """Inverse of Config.to_dict (used for the copy saved with each run)."""
+    cfg = Config(profile=data.get("profile", "quick"))
+    for section in SECTIONS:
+        if section in data:
+            _apply(cfg, section, data[section])
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    """The YAML text of a config, sections in a fixed order."""
+    import yaml
+    header = (f"# Profile '{cfg.profile}': generated from lab6/config.py PROFILES by `python -m lab6.config`.\n"
+              f"# Copy it, edit values, and pass it with `lab6 train --profile {cfg.profile} --config FILE`.\n")
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    _Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+    return header + yaml.dump(cfg.to_dict(), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=110)
+
+
+def write_profile_yamls(folder: str | os.PathLike = "configs") -> list[Path]:
+    """Write configs/<profile>.yaml for every profile."""
+    from .io import write_text
+    out = []
+    for name, cfg in PROFILES.items():
+        path = Path(folder) / f"{name}.yaml"
+        write_text(path, to_yaml(cfg))
+        out.append(path)
+    return out
+
+
+if __name__ == "__main__":
+    for p in write_profile_yamls(Path(__file__).resolve().parents[1] / "configs"):
+        print(p)

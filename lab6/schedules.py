@@ -1,0 +1,164 @@
+"""Noise schedules: diffusers schedulers built from a ScheduleConfig, q(x_t | x_0) and its plots.
+
+Forward process (Ho et al. 2020, eq. 4):  x_t = sqrt(alphas_cumprod[t]) * x0 + sqrt(1 - alphas_cumprod[t]) * eps.
+v-prediction target (Salimans & Ho 2022):  v = sqrt(alphas_cumprod[t]) * eps - sqrt(1 - alphas_cumprod[t]) * x0.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
+
+from .config import SAMPLERS, ScheduleConfig
+from .errors import ConfigError
+
+SAMPLER_CLASSES = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+_SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
+                  "rescale_betas_zero_snr", "trained_betas")
+
+
+def _schedule_kwargs(schedule: ScheduleConfig | Mapping | SchedulerMixin | None) -> dict:
+    """The noise-schedule arguments shared by every diffusers scheduler."""
+    if schedule is None:
+        schedule = ScheduleConfig()
+    if isinstance(schedule, ScheduleConfig):
+        return dict(num_train_timesteps=schedule.num_train_timesteps, beta_schedule=schedule.beta_schedule,
+                    prediction_type=schedule.prediction_type, rescale_betas_zero_snr=schedule.zero_terminal_snr)
+    config = schedule.config if isinstance(schedule, SchedulerMixin) else schedule
+    return {k: config[k] for k in _SCHEDULE_KEYS if k in config and config[k] is not None}
+
+
+def make_scheduler(schedule: ScheduleConfig | Mapping | SchedulerMixin | None = None, sampler: str = "ddpm",
+                   timestep_spacing: str = "leading", **kwargs) -> SchedulerMixin:
+    """A diffusers scheduler ('ddpm', 'ddim' or 'dpm' = DPM-Solver++(2M)) for a schedule or another scheduler."""
+    if sampler not in SAMPLER_CLASSES:
+        raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    args = _schedule_kwargs(schedule) | dict(timestep_spacing=timestep_spacing)
+    if sampler in ("ddpm", "ddim"):
+        args |= dict(clip_sample=True, clip_sample_range=1.0)  # predicted x0 clipped to the image range
+    else:
+        # Predicted x0 clipped to [-1, 1]: with squaredcos_cap_v2 and eps-prediction DPM-Solver++ gives pure
+        # noise without it (alphas_cumprod[999] = 2.4e-9 amplifies eps errors; see shared FINDINGS).
+        args |= dict(algorithm_type="dpmsolver++", solver_order=2, thresholding=True, sample_max_value=1.0)
+    return SAMPLER_CLASSES[sampler](**(args | kwargs))
+
+
+def sampler_name(scheduler: SchedulerMixin) -> str:
+    """'ddpm', 'ddim' or 'dpm' for one of our scheduler classes, else the class name."""
+    for name, cls in SAMPLER_CLASSES.items():
+        if type(scheduler) is cls:
+            return name
+    return type(scheduler).__name__
+
+
+def alphas_cumprod(schedule: ScheduleConfig | Mapping | SchedulerMixin | torch.Tensor | None = None) -> torch.Tensor:
+    """alpha-bar_t for t = 0..T-1 (float64 on CPU), from a schedule, scheduler config or scheduler."""
+    if isinstance(schedule, torch.Tensor):
+        return schedule
+    if isinstance(schedule, SchedulerMixin) and hasattr(schedule, "alphas_cumprod"):
+        return schedule.alphas_cumprod.double()
+    return DDPMScheduler(**_schedule_kwargs(schedule)).alphas_cumprod.double()
+
+
+def _gather(a: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """a[t] reshaped to broadcast over x (B, C, H, W)."""
+    t = torch.as_tensor(t, device=a.device).long().reshape(-1)
+    return a[t].to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))  # (B, 1, 1, 1)
+
+
+def q_sample(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+             schedule: ScheduleConfig | Mapping | SchedulerMixin | torch.Tensor | None = None) -> torch.Tensor:
+    """Sample x_t ~ q(x_t | x_0) with the given noise eps (same as DDPMScheduler.add_noise)."""
+    a = alphas_cumprod(schedule).to(torch.float32)
+    ab = _gather(a, t, x0)  # (B, 1, 1, 1)
+    return ab ** 0.5 * x0 + (1 - ab) ** 0.5 * eps  # (B, 3, R, R)
+
+
+def v_target(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+             schedule: ScheduleConfig | Mapping | SchedulerMixin | torch.Tensor | None = None) -> torch.Tensor:
+    """The v-prediction target sqrt(ab) * eps - sqrt(1 - ab) * x0 (same as DDPMScheduler.get_velocity)."""
+    a = alphas_cumprod(schedule).to(torch.float32)
+    ab = _gather(a, t, x0)  # (B, 1, 1, 1)
+    return ab ** 0.5 * eps - (1 - ab) ** 0.5 * x0  # (B, 3, R, R)
+
+
+def predict_x0(xt: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor, prediction_type: str,
+               schedule: ScheduleConfig | Mapping | SchedulerMixin | torch.Tensor | None = None) -> torch.Tensor:
+    """The network's estimate of x0 from x_t and its eps or v output."""
+    a = alphas_cumprod(schedule).to(torch.float32)
+    ab = _gather(a, t, xt)  # (B, 1, 1, 1)
+    if prediction_type == "epsilon":
+        return (xt - (1 - ab).sqrt() * model_output) / ab.sqrt().clamp_min(1e-8)  # (B, 3, R, R)
+    if prediction_type == "v_prediction":
+        return ab.sqrt() * xt - (1 - ab).sqrt() * model_output  # (B, 3, R, R)
+    raise ConfigError(f"unknown prediction_type {prediction_type!r}; valid: epsilon, v_prediction")
+
+
+def snr(schedule: ScheduleConfig | Mapping | SchedulerMixin | torch.Tensor | None = None) -> torch.Tensor:
+    """Signal-to-noise ratio alpha-bar_t / (1 - alpha-bar_t) for every t."""
+    a = alphas_cumprod(schedule)
+    return a / (1 - a)
+
+
+def _named(schedules) -> dict[str, object]:
+    if schedules is None:
+        return {"squaredcos_cap_v2": ScheduleConfig(beta_schedule="squaredcos_cap_v2"),
+                "linear": ScheduleConfig(beta_schedule="linear")}
+    if isinstance(schedules, Mapping) and not any(k in schedules for k in _SCHEDULE_KEYS):
+        return dict(schedules)
+    if isinstance(schedules, (ScheduleConfig, SchedulerMixin, Mapping)):
+        return {_label(schedules): schedules}
+    return {_label(s): s for s in schedules}
+
+
+def _label(schedule) -> str:
+    kw = _schedule_kwargs(schedule)
+    return kw.get("beta_schedule", "?") + (" (zero SNR)" if kw.get("rescale_betas_zero_snr") else "")
+
+
+def plot_alphas_cumprod(schedules=None, log_snr: bool = True):
+    """Figure of alpha-bar_t (and log SNR) against t; `schedules`: {name: ScheduleConfig} or a list of them."""
+    import matplotlib.pyplot as plt
+
+    named = _named(schedules)
+    ncols = 2 if log_snr else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 3.4), squeeze=False)
+    for name, s in named.items():
+        a = alphas_cumprod(s)
+        t = torch.arange(len(a))
+        axes[0, 0].plot(t, a, label=name)
+        if log_snr:
+            axes[0, 1].plot(t, torch.log(a / (1 - a)), label=name)
+    axes[0, 0].set(xlabel="t", ylabel=r"$\bar\alpha_t$", title=r"$\bar\alpha_t$: fraction of signal variance")
+    axes[0, 0].legend()
+    if log_snr:
+        axes[0, 1].set(xlabel="t", ylabel=r"$\log(\bar\alpha_t / (1-\bar\alpha_t))$", title="log SNR")
+    fig.tight_layout()
+    return fig
+
+
+def plot_forward_process(x0: torch.Tensor, timesteps: Sequence[int] = (0, 50, 100, 250, 500, 750, 999),
+                         schedules=None, generator: torch.Generator | None = None):
+    """Figure of x_t ~ q(x_t | x_0) for one image x0 (3, H, W) in [-1, 1]: one row per schedule, same eps."""
+    import matplotlib.pyplot as plt
+
+    from .data import to_uint8
+
+    x0 = x0[0] if x0.ndim == 4 else x0  # (3, H, W)
+    eps = torch.randn(x0.shape, generator=generator)  # (3, H, W), shared by all rows
+    named = _named(schedules)
+    fig, axes = plt.subplots(len(named), len(timesteps), figsize=(1.5 * len(timesteps), 1.65 * len(named)),
+                             squeeze=False)
+    for r, (name, s) in enumerate(named.items()):
+        a = alphas_cumprod(s)
+        for c, t in enumerate(timesteps):
+            xt = q_sample(x0[None], torch.tensor([t]), eps[None], a)  # (1, 3, H, W)
+            ax = axes[r, c]
+            ax.imshow(to_uint8(xt)[0], interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"t={t}\n" + r"$\bar\alpha$=" + f"{float(a[t]):.3g}", fontsize=7)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=7)
+    fig.tight_layout()
+    return fig
