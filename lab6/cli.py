@@ -27,14 +27,17 @@ def _add_synth(sub) -> None:
     p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     p.add_argument("--workers", type=int, default=0, help="processes (default 0 = all cores)")
     p.add_argument("--like", default=None, metavar="TRAIN_JSON",
-                   help="render exactly the file names and label sets of an existing train.json")
+                   help="render exactly the file names and label sets of an existing train.json "
+                        "(--scenes is then ignored; its test.json/new_test.json are reused when beside it)")
     p.set_defaults(func=_cmd_synth)
 
 
 def _cmd_synth(args) -> int:
     from .synth import write_dataset
-    write_dataset(args.out, scenes=args.scenes, seed=args.seed, size=args.size,
-                  workers=args.workers, like=args.like)
+    info = write_dataset(args.out, scenes=args.scenes, seed=args.seed, size=args.size,
+                         workers=args.workers, like=args.like)
+    print(f"{info['out']}: {info['train_images']} training images in {info['scenes']} scenes, "
+          f"test sets {info['test_sets']}; rendered {info['rendered']} of {info['images']} images now")
     return 0
 
 
