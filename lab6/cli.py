@@ -73,10 +73,15 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", default=None, metavar="latest|PATH", help="resume from the latest or a given checkpoint")
     p.add_argument("--seed", type=int, default=None, help="random seed")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per optimiser step and process")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is still written)")
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args) -> int:
+    import os
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinning threads stall a shared CPU
     from .train import main_train
     return main_train(args)
 
@@ -95,10 +100,15 @@ def _add_sample(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--evaluator", default=None, help="evaluator checkpoint (default: found automatically)")
     p.add_argument("--device", default=None, help="cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=None, help="label sets sampled at once (default 64)")
+    p.add_argument("--name", default=None, help="name of the outputs (default: the label file's name, e.g. test)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_sample)
 
 
 def _cmd_sample(args) -> int:
+    import os
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinning threads stall a shared CPU
     from .sample import main_sample
     return main_sample(args)
 

@@ -127,7 +127,7 @@ def _profiles() -> dict[str, Config]:
                           attention_head_dim=8, norm_num_groups=4, time_embedding_dim=16),
         train=TrainConfig(output_dir="outputs/tiny/train", batch_size=8, max_steps=20, lr=2e-3,
                           lr_warmup_steps=2, log_every=1, checkpoint_every=10, validate_every=0,
-                          validate_num=8, num_threads=2),
+                          validate_num=8, num_threads=1),
         sample=SampleConfig(sampler="ddim", num_steps=10, guidance_scale=2.0, batch_size=64),
     )
     quick = Config(profile="quick", train=TrainConfig(output_dir="outputs/quick/train", num_threads=2))

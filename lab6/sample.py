@@ -1,0 +1,173 @@
+"""Sampling: load a trained model, draw one 64x64 image per label set, write and score the course deliverables.
+
+    pipe = load_pipeline("outputs/quick/train")                 # export, else EMA of the latest checkpoint
+    out = sample(pipe, [["red sphere"], ["cyan cube", "gray cylinder"]], sampler="ddim", num_steps=50,
+                 guidance_scale=2.0, seed=0, capture_steps=[0, 10, 20, -1])
+    out.images   # (B, 3, 64, 64) in [-1, 1];  out.xt / out.x0: (S, B, 3, 64, 64) at out.timesteps
+
+`lab6 sample --model M --labels test.json --out images` writes images/test/<i>.png, images/test_grid.png and
+images/test_metrics.json (accuracy, hits, labels, sampler, steps, guidance, seed).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .config import SAMPLERS, check_device
+from .errors import CheckpointError, ConfigError
+from .io import atomic_dir, ensure_writable_dir, save_image, write_json
+from .pipeline import ConditionalDDPMPipeline, ConditionalDDPMPipelineOutput
+from .schedules import make_scheduler, sampler_name
+
+
+def _is_pipeline(folder: Path) -> bool:
+    return (folder / "model_index.json").is_file()
+
+
+def _pipeline_from_checkpoint(ckpt: Path) -> ConditionalDDPMPipeline:
+    """A pipeline with the EMA weights of a checkpoint-<step>/ folder and the run's default sampler."""
+    from .model import ConditionalUNet
+    from .train import build_pipeline, load_run_config
+    if not (ckpt / "ema" / "config.json").is_file():
+        raise CheckpointError(f"{ckpt}: no ema/ weights in this checkpoint")
+    cfg = load_run_config(ckpt)
+    unet = ConditionalUNet.from_pretrained(ckpt / "ema")
+    return build_pipeline(unet, cfg)
+
+
+def resolve_model(model: str | os.PathLike) -> tuple[str, Path]:
+    """('pipeline' | 'checkpoint', path) for a save_pretrained folder, a run folder or a checkpoint folder."""
+    from .train import EXPORT_DIR, latest_checkpoint
+    p = Path(model)
+    if not p.exists():
+        raise CheckpointError(f"{p}: model folder not found; pass a training output folder or a "
+                              f"save_pretrained pipeline folder")
+    if _is_pipeline(p):
+        return "pipeline", p
+    if _is_pipeline(p / EXPORT_DIR):
+        return "pipeline", p / EXPORT_DIR
+    if (p / "state.json").is_file():
+        return "checkpoint", p
+    latest = latest_checkpoint(p)
+    if latest is not None:
+        return "checkpoint", latest
+    raise CheckpointError(f"{p}: holds no pipeline (model_index.json), {EXPORT_DIR}/ export or checkpoint-<step>/; "
+                          f"train one with `lab6 train --out {p}`")
+
+
+def load_pipeline(model: str | os.PathLike, device: str | None = None) -> ConditionalDDPMPipeline:
+    """Load a model for sampling: a save_pretrained folder, a run's export, else the EMA of its latest checkpoint."""
+    kind, path = resolve_model(model)
+    try:
+        if kind == "pipeline":
+            pipe = ConditionalDDPMPipeline.from_pretrained(path)
+        else:
+            pipe = _pipeline_from_checkpoint(path)
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: cannot load the model ({str(e).splitlines()[0][:200]})") from None
+    pipe.unet.eval()
+    check_device(device, "device")
+    return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def set_sampler(pipe: ConditionalDDPMPipeline, sampler: str | None) -> ConditionalDDPMPipeline:
+    """Swap pipe.scheduler for 'ddpm', 'ddim' or 'dpm' with the same noise schedule (None: keep it)."""
+    if sampler is None or sampler == sampler_name(pipe.scheduler):
+        return pipe
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler: unknown {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    spacing = pipe.scheduler.config.get("timestep_spacing", "leading")
+    pipe.scheduler = make_scheduler(pipe.scheduler, sampler, spacing)
+    return pipe
+
+
+def generators(seed: int, n: int) -> list[torch.Generator]:
+    """One CPU generator per image (seed + i), so image i does not depend on the batch size or the set size."""
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def sample(pipe: ConditionalDDPMPipeline, labels, sampler: str | None = None, num_steps: int | None = None,
+           guidance_scale: float | None = None, seed: int = 0, batch_size: int | None = 64,
+           capture_steps: Sequence[int] | None = None, eta: float = 0.0,
+           progress: bool = False) -> ConditionalDDPMPipelineOutput:
+    """Images (B, 3, 64, 64) in [-1, 1] for label sets, seeded per image; defaults: the model's saved ones."""
+    set_sampler(pipe, sampler)
+    pipe.set_progress_bar_config(disable=not progress, leave=False)
+    from .pipeline import as_multi_hot
+    n = len(as_multi_hot(labels))
+    return pipe(labels=labels, num_inference_steps=num_steps, guidance_scale=guidance_scale,
+                generator=generators(seed, n), eta=eta, batch_size=batch_size, capture_steps=capture_steps,
+                output_type="pt")
+
+
+def score(images: torch.Tensor, labels, evaluator: str | os.PathLike | None = None,
+          device: str | None = None) -> tuple[float, int, int] | None:
+    """(accuracy, hits, labels) of the course evaluator, or None (with a warning) when there is no evaluator."""
+    from .errors import CheckpointError as _CE
+    try:
+        from .evaluator import Evaluator
+        ev = Evaluator(evaluator, device=device)
+    except _CE as e:
+        print(f"warning: accuracy not computed: {e}", file=sys.stderr)
+        return None
+    hits, total = ev.score(images, labels)
+    return hits / total, hits, total
+
+
+def write_deliverables(images: torch.Tensor, out: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """<out>/<name>/<i>.png (64x64, replaced as a whole) and <out>/<name>_grid.png (8 per row)."""
+    from PIL import Image
+
+    from .data import to_uint8
+    from .plots import make_grid
+    out = ensure_writable_dir(out)
+    folder = out / name
+    with atomic_dir(folder) as tmp:
+        for i, a in enumerate(to_uint8(images)):
+            Image.fromarray(a).save(tmp / f"{i}.png")
+    grid = out / f"{name}_grid.png"
+    save_image(grid, make_grid(images, nrow=8))
+    return folder, grid
+
+
+def main_sample(args) -> int:
+    """`lab6 sample`: sample the label file, write the deliverables and print the accuracy."""
+    from .data import read_label_file
+    label_path = Path(args.labels)
+    sets = read_label_file(label_path)
+    name = args.name or label_path.stem
+    check_device(args.device, "--device")
+    if args.steps is not None and args.steps <= 0:
+        raise ConfigError(f"--steps: must be > 0, got {args.steps}")
+    if args.guidance is not None and args.guidance < 0:
+        raise ConfigError(f"--guidance: must be >= 0 (1 = no guidance), got {args.guidance}")
+    if args.batch_size is not None and args.batch_size <= 0:
+        raise ConfigError(f"--batch-size: must be > 0, got {args.batch_size}")
+    pipe = load_pipeline(args.model, args.device)
+    set_sampler(pipe, args.sampler)
+    steps = args.steps or pipe.config.default_num_inference_steps
+    guidance = pipe.config.default_guidance_scale if args.guidance is None else args.guidance
+    t0 = time.monotonic()
+    out = sample(pipe, sets, num_steps=steps, guidance_scale=guidance, seed=args.seed,
+                 batch_size=args.batch_size or 64, progress=not args.no_progress)
+    seconds = time.monotonic() - t0
+    folder, grid = write_deliverables(out.images, args.out, name)
+    result = score(out.images, sets, args.evaluator, args.device)
+    metrics = {"accuracy": None if result is None else round(result[0], 6),
+               "hits": None if result is None else result[1],
+               "labels": None if result is None else result[2],
+               "label_file": str(label_path), "images": len(sets), "model": str(args.model),
+               "sampler": sampler_name(pipe.scheduler), "steps": int(steps), "guidance": float(guidance),
+               "seed": args.seed, "seconds": round(seconds, 2)}
+    write_json(Path(args.out) / f"{name}_metrics.json", metrics)
+    acc = "n/a (no evaluator)" if result is None else f"{result[0]:.4f} ({result[1]}/{result[2]})"
+    print(f"{name}: accuracy {acc}; {len(sets)} images in {folder}, grid {grid} "
+          f"[{metrics['sampler']}, {steps} steps, guidance {guidance:g}, seed {args.seed}, {seconds:.1f} s]")
+    return 0

@@ -1,0 +1,580 @@
+"""Training the conditional DDPM (Algorithm 1 of Ho et al. 2020) with CFG dropout, EMA and exact resume.
+
+    from lab6.config import load_config
+    from lab6.train import train
+    run_dir = train(load_config("quick", output_dir="outputs/quick/train"))
+
+The run folder holds `config.yaml`, `metrics.jsonl` (step, loss, lr, img/s; validation accuracies),
+`samples/<split>-step-<step>.png` (fixed-seed validation grids), `checkpoint-<step>/` (model, EMA, optimizer,
+LR scheduler, RNG states, step; written atomically, the newest `checkpoints_total_limit` kept) and the final
+export `pipeline/` (ConditionalDDPMPipeline.save_pretrained with the EMA weights and the default sampler).
+Training always ends with a checkpoint and the export: at max_steps, at max_minutes or on Ctrl-C / SIGTERM.
+`accelerate launch --num_processes N -m lab6 train ...` trains data-parallel; batch_size is per process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import Config, check_device, config_from_dict, load_config, read_yaml, to_yaml
+from .errors import CheckpointError, ConfigError, DataError
+from .io import ensure_writable_dir, write_json, write_text
+from .model import ConditionalUNet, build_model, count_parameters
+from .schedules import make_scheduler, q_sample, snr, v_target
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+EXPORT_DIR = "pipeline"
+
+
+# ---------------------------------------------------------------- Algorithm 1
+def diffusion_loss(model, x0: torch.Tensor, labels: torch.Tensor, alphas_cumprod: torch.Tensor,
+                   generator: torch.Generator, prediction_type: str = "epsilon", cond_drop_prob: float = 0.0,
+                   min_snr_gamma: float | None = None) -> torch.Tensor:
+    """One Monte-Carlo estimate of the DDPM loss: t ~ U{0..T-1}, eps ~ N(0, I), ||target - f(x_t, t, y)||^2.
+
+    Noise, timesteps and the condition dropout are drawn on the CPU from `generator` (reproducible on any device);
+    dropped labels become the all-zero "no condition" vector used by classifier-free guidance.
+    """
+    b, dev = x0.shape[0], x0.device
+    T = len(alphas_cumprod)
+    t = torch.randint(0, T, (b,), generator=generator)  # (B,) uniform over all of 0..T-1
+    eps = torch.randn(x0.shape, generator=generator)  # (B, 3, R, R)
+    keep = (torch.rand(b, generator=generator) >= cond_drop_prob).float()  # (B,)
+    t, eps, keep = t.to(dev), eps.to(dev), keep.to(dev)
+    y = labels * keep[:, None]  # (B, 24)
+    xt = q_sample(x0, t, eps, alphas_cumprod)  # (B, 3, R, R)
+    out = model(xt, t, y).float()  # (B, 3, R, R)
+    target = eps if prediction_type == "epsilon" else v_target(x0, t, eps, alphas_cumprod)  # (B, 3, R, R)
+    loss = F.mse_loss(out, target, reduction="none").mean(dim=(1, 2, 3))  # (B,)
+    if min_snr_gamma is not None:
+        s = snr(alphas_cumprod)[t].float()  # (B,)
+        w = s.clamp(max=min_snr_gamma) / (s + 1 if prediction_type == "v_prediction" else s)
+        loss = loss * w
+    return loss.mean()
+
+
+# ---------------------------------------------------------------- data order
+class BatchOrder:
+    """Which dataset rows make batch k: epochs are seeded permutations laid end to end (no state to save)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.pop(min(self._perms))
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms[epoch] = torch.randperm(self.n, generator=g)
+        return self._perms[epoch]
+
+    def indices(self, step: int, global_batch: int) -> torch.Tensor:
+        """Row indices (global_batch,) of the batch used at optimiser step `step` (0-based)."""
+        pos = torch.arange(step * global_batch, (step + 1) * global_batch)
+        epochs, offsets = pos // self.n, pos % self.n
+        return torch.stack([self._perm(int(e))[int(o)] for e, o in zip(epochs, offsets)])
+
+    def epoch(self, step: int, global_batch: int) -> float:
+        return step * global_batch / self.n
+
+
+def make_batch(images_u8: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, generator: torch.Generator,
+               hflip: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 rows -> x0 float (B, 3, R, R) in [-1, 1] (randomly mirrored) and labels (B, 24) on device."""
+    x0 = images_u8[idx].float() / 127.5 - 1.0  # (B, 3, R, R)
+    flip = torch.rand(len(idx), generator=generator) < 0.5 if hflip else None  # (B,)
+    if flip is not None:
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+    return x0.to(device, non_blocking=True), labels[idx].to(device, non_blocking=True)
+
+
+# ---------------------------------------------------------------- checkpoints
+def list_checkpoints(folder: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, path) of every complete checkpoint-<step>/ in folder, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = CHECKPOINT_RE.match(p.name)
+        if m and p.is_dir() and (p / "state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The newest checkpoint-<step>/ in folder, or None."""
+    found = list_checkpoints(folder)
+    return found[-1][1] if found else None
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    state = {"generator": generator.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _ema_scalars(ema) -> dict:
+    return {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
+
+
+@contextmanager
+def ema_weights(model, ema):
+    """Temporarily swap the EMA weights into `model` (store / copy_to / restore)."""
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    try:
+        yield model
+    finally:
+        ema.restore(model.parameters())
+
+
+def save_checkpoint(run: "_Run", step: int) -> Path:
+    """Write checkpoint-<step>/ atomically (all processes call this) and prune old ones; returns its path."""
+    acc, out = run.accelerator, run.out
+    final = out / f"checkpoint-{step}"
+    tmp = out / f".checkpoint-{step}.tmp"
+    model = acc.unwrap_model(run.model)
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp / "model")
+        with ema_weights(model, run.ema):
+            model.save_pretrained(tmp / "ema")
+        torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(run.lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+        write_json(tmp / "state.json", {"step": step, "ema": _ema_scalars(run.ema),
+                                        "num_processes": acc.num_processes, "config": run.cfg.to_dict()})
+    acc.wait_for_everyone()
+    torch.save(_rng_state(run.generator), tmp / f"random_states_{acc.process_index}.pt")
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        if final.exists():
+            old = out / f".checkpoint-{step}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        limit = run.cfg.train.checkpoints_total_limit
+        if limit:
+            for _, p in list_checkpoints(out)[:-limit]:
+                shutil.rmtree(p, ignore_errors=True)
+    acc.wait_for_everyone()
+    return final
+
+
+def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    f = folder / "diffusion_pytorch_model.safetensors"
+    if not f.is_file():
+        raise CheckpointError(f"{folder}: no diffusion_pytorch_model.safetensors (incomplete checkpoint?)")
+    return load_file(str(f))
+
+
+def read_state(ckpt: Path) -> dict:
+    """state.json of a checkpoint folder."""
+    try:
+        return json.loads((ckpt / "state.json").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{ckpt}: not a checkpoint folder (no state.json)") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{ckpt}/state.json: corrupt ({e.msg})") from None
+
+
+def load_checkpoint(run: "_Run", ckpt: Path) -> int:
+    """Restore model, EMA, optimizer, LR scheduler and this process's RNG states; returns the step."""
+    state = read_state(ckpt)
+    acc, dev = run.accelerator, run.accelerator.device
+    model = acc.unwrap_model(run.model)
+    try:
+        model.load_state_dict(_load_weights(ckpt / "model"))
+        ema_sd = _load_weights(ckpt / "ema")
+        shadow = [ema_sd[name].to(dev) for name, _ in model.named_parameters()]
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{ckpt}: weights do not match this profile's model "
+                              f"({str(e).splitlines()[0][:160]}); resume with the same --profile/--config") from None
+    run.ema.load_state_dict({**state["ema"], "shadow_params": shadow})
+    run.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=dev, weights_only=True))
+    run.lr_scheduler.load_state_dict(torch.load(ckpt / "lr_scheduler.pt", weights_only=False))
+    rng = ckpt / f"random_states_{acc.process_index}.pt"
+    if rng.is_file():
+        _set_rng_state(torch.load(rng, weights_only=False), run.generator)
+    else:
+        print(f"warning: {rng} missing (different number of processes?); this process's noise is reseeded",
+              file=sys.stderr)
+    if state.get("num_processes", 1) != acc.num_processes:
+        print(f"warning: {ckpt} was written by {state.get('num_processes')} process(es), resuming with "
+              f"{acc.num_processes}: the batches differ from an uninterrupted run", file=sys.stderr)
+    return int(state["step"])
+
+
+def resolve_resume(resume: str | None, out: Path) -> Path | None:
+    """'latest' -> newest checkpoint in out (None if there is none); a path -> that checkpoint folder."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        return latest_checkpoint(out)
+    p = Path(resume)
+    if not (p / "state.json").is_file():
+        latest = latest_checkpoint(p)
+        if latest is None:
+            raise CheckpointError(f"{p}: not a checkpoint-<step>/ folder nor a run folder holding one")
+        return latest
+    return p
+
+
+# ---------------------------------------------------------------- export
+def build_pipeline(model: ConditionalUNet, cfg: Config):
+    """ConditionalDDPMPipeline with the profile's default sampler, steps and guidance."""
+    from .pipeline import ConditionalDDPMPipeline
+    s = cfg.sample
+    scheduler = make_scheduler(cfg.schedule, s.sampler, s.timestep_spacing)
+    return ConditionalDDPMPipeline(model, scheduler, default_num_inference_steps=s.num_steps,
+                                   default_guidance_scale=s.guidance_scale)
+
+
+def export_pipeline(run: "_Run", folder: Path) -> Path:
+    """save_pretrained of the pipeline with the EMA weights (main process), atomically."""
+    from .io import atomic_dir
+    model = run.accelerator.unwrap_model(run.model)
+    if run.accelerator.is_main_process:
+        with ema_weights(model, run.ema), atomic_dir(folder) as tmp:
+            build_pipeline(model, run.cfg).save_pretrained(tmp)
+            write_text(tmp / "lab6_config.yaml", to_yaml(run.cfg))
+    run.accelerator.wait_for_everyone()
+    return folder
+
+
+# ---------------------------------------------------------------- validation
+class Validator:
+    """Fixed-seed sample grids of the first label sets of each split, scored by the evaluator when there is one."""
+
+    def __init__(self, cfg: Config, data_root: Path, device):
+        from .data import CourseData
+        self.cfg, self.device = cfg, device
+        self.sets: dict[str, list[list[str]]] = {}
+        data = CourseData(data_root)
+        for split in cfg.train.validate_splits:
+            if data.label_path(split).exists():
+                self.sets[split] = data.label_sets(split)[:cfg.train.validate_num]
+        self.evaluator = None
+        self._warned = False
+        self.evaluator_path = cfg.train.evaluator
+        for name in ("checkpoint.pth", "evaluator.pth"):
+            if self.evaluator_path is None and (data_root / name).is_file():
+                self.evaluator_path = data_root / name
+                break
+
+    def _evaluator(self):
+        if self.evaluator is None and not self._warned:
+            try:
+                from .evaluator import Evaluator
+                self.evaluator = Evaluator(self.evaluator_path, device=self.device)
+            except Exception as e:  # noqa: BLE001 - a missing/broken evaluator never stops training
+                print(f"warning: validation accuracy skipped: {str(e).splitlines()[0]}", file=sys.stderr)
+                self._warned = True
+        return self.evaluator
+
+    @torch.no_grad()
+    def __call__(self, model: ConditionalUNet, step: int, out: Path) -> dict:
+        from .io import save_image
+        from .plots import make_grid
+        record: dict = {"step": step}
+        was_training = model.training
+        model.eval()
+        pipe = build_pipeline(model, self.cfg)
+        pipe.set_progress_bar_config(disable=True)
+        try:
+            for split, sets in self.sets.items():
+                g = [torch.Generator().manual_seed(self.cfg.sample.seed + i) for i in range(len(sets))]
+                x = pipe(labels=sets, generator=g, batch_size=self.cfg.sample.batch_size,
+                         output_type="pt").images  # (B, 3, 64, 64)
+                save_image(out / "samples" / f"{split}-step-{step:06d}.png", make_grid(x, nrow=8))
+                ev = self._evaluator()
+                if ev is not None:
+                    record[f"{split}_acc"] = round(ev.accuracy(x, sets), 4)
+        finally:
+            model.train(was_training)
+        return record
+
+
+# ---------------------------------------------------------------- the loop
+@dataclasses.dataclass
+class _Run:
+    cfg: Config
+    out: Path
+    accelerator: object
+    model: torch.nn.Module
+    ema: object
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    generator: torch.Generator
+
+
+class _Stop(Exception):
+    pass
+
+
+def _resolve_device(device: str | None) -> str:
+    check_device(device, "train.device")
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep only the metrics lines up to `step` (a resumed run rewrites what came after)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    write_text(path, "".join(k + "\n" for k in keep))
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (e.g. a job scheduler's stop) ends training like Ctrl-C: checkpoint and export first."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def train(cfg: Config, resume: str | None = None, progress: bool = True) -> Path:
+    """Train with `cfg` (optionally resuming 'latest' or a checkpoint path); returns the run folder."""
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    from .data import IclevrDataset, default_data_root
+
+    t = cfg.train
+    device = _resolve_device(t.device)
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(int(device.split(":")[1]))
+    mp = t.mixed_precision if device.startswith("cuda") else "no"
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mp)
+    main = accelerator.is_main_process
+    out = Path(t.output_dir)
+    if main:
+        ensure_writable_dir(out)
+    accelerator.wait_for_everyone()
+
+    data_root = Path(t.data_root) if t.data_root else default_data_root()
+    ds = IclevrDataset(data_root, resolution=cfg.model.sample_size)
+    if len(ds) == 0:
+        raise DataError(f"{data_root}: no training images")
+    images_u8, labels_all = ds.images, ds.labels  # (N, 3, R, R) uint8, (N, 24)
+
+    torch.manual_seed(t.seed)  # same initial weights on every process
+    model = build_model(cfg.model)
+    noise_scheduler = make_scheduler(cfg.schedule, "ddpm")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
+                                  weight_decay=t.weight_decay)
+    lr_scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.lr_warmup_steps,
+                                 num_training_steps=t.max_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)  # LR scheduler stepped by hand: once per step
+    ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=t.ema_decay, use_ema_warmup=t.ema_warmup,
+                   model_cls=ConditionalUNet, model_config=accelerator.unwrap_model(model).config)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    generator = torch.Generator().manual_seed(t.seed * 7919 + 104729 * (rank + 1))
+    run = _Run(cfg, out, accelerator, model, ema, optimizer, lr_scheduler, generator)
+
+    step = 0
+    ckpt = resolve_resume(resume, out)
+    if ckpt is not None:
+        step = load_checkpoint(run, ckpt)
+        if main:
+            print(f"resumed from {ckpt} at step {step}", flush=True)
+    elif resume is not None and main:
+        print(f"no checkpoint in {out}; starting a new run", flush=True)
+    metrics = out / "metrics.jsonl"
+    if main:
+        _truncate_metrics(metrics, step)
+        write_text(out / "config.yaml", to_yaml(cfg))
+
+    ac = noise_scheduler.alphas_cumprod.to(accelerator.device, torch.float32)  # (T,)
+    order = BatchOrder(len(ds), t.seed)
+    gbs = t.batch_size * world
+    validator = Validator(cfg, data_root, accelerator.device) if main and t.validate_num > 0 else None
+    if main:
+        n = count_parameters(accelerator.unwrap_model(model))
+        print(f"profile {cfg.profile}: {n / 1e6:.2f} M parameters, {len(ds)} images at {cfg.model.sample_size}px, "
+              f"batch {t.batch_size} x {world} process(es) on {accelerator.device}, {mp if mp != 'no' else 'fp32'}",
+              flush=True)
+
+    start_step, last_ckpt = step, step if ckpt is not None else -1
+    t_start = time.monotonic()
+    t_window, loss_sum, loss_n, win_steps = t_start, 0.0, 0, 0
+    bar = tqdm(total=t.max_steps, initial=step, disable=not (progress and main), desc="train",
+               dynamic_ncols=True)
+    interrupted = False
+    model.train()
+    try:
+        with _sigterm_as_interrupt():
+            while step < t.max_steps:
+                if t.max_minutes is not None:
+                    over = float(time.monotonic() - t_start > 60 * t.max_minutes)
+                    if world > 1:
+                        over = accelerator.reduce(torch.tensor([over], device=accelerator.device), "max").item()
+                    if over:
+                        if main:
+                            print(f"time budget of {t.max_minutes} min reached at step {step}", flush=True)
+                        break
+                idx = order.indices(step, gbs)[rank * t.batch_size:(rank + 1) * t.batch_size]  # (B,)
+                x0, y = make_batch(images_u8, labels_all, idx, generator, t.hflip, accelerator.device)
+                loss = diffusion_loss(model, x0, y, ac, generator, cfg.schedule.prediction_type,
+                                      t.cond_drop_prob, t.min_snr_gamma)
+                accelerator.backward(loss)
+                if t.grad_clip > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                ema.step(accelerator.unwrap_model(model).parameters())
+                step += 1
+                loss_sum += loss.detach()
+                loss_n += 1
+                win_steps += 1
+
+                if step % t.log_every == 0 or step == t.max_steps:
+                    now = time.monotonic()
+                    ips = win_steps * gbs / max(now - t_window, 1e-9)
+                    mean_loss = accelerator.reduce(loss_sum / loss_n, "mean").item() if world > 1 \
+                        else float(loss_sum / loss_n)  # mean over the window and all processes
+                    rec = {"step": step, "loss": round(mean_loss, 6), "lr": lr_scheduler.get_last_lr()[0],
+                           "img_per_s": round(ips, 2), "elapsed_s": round(now - t_start, 1)}
+                    if main:
+                        _append_metrics(metrics, rec)
+                        bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{ips:.1f}")
+                    t_window, loss_sum, loss_n, win_steps = now, 0.0, 0, 0
+                bar.update(1)
+                if step % t.checkpoint_every == 0 and step < t.max_steps:
+                    save_checkpoint(run, step)
+                    last_ckpt = step
+                if validator is not None and t.validate_every and step % t.validate_every == 0 \
+                        and step < t.max_steps:
+                    _validate(run, validator, step, metrics, bar)
+                if t.validate_every and step % t.validate_every == 0:
+                    accelerator.wait_for_everyone()
+    except KeyboardInterrupt:
+        interrupted = True
+        if main:
+            bar.write(f"interrupted at step {step}: writing a checkpoint and the export")
+    finally:
+        bar.close()
+    # Always end with a checkpoint, the export and (when training happened) a last validation.
+    with _sigterm_as_interrupt():
+        if last_ckpt != step:
+            save_checkpoint(run, step)
+        export_pipeline(run, out / EXPORT_DIR)
+        if validator is not None and step > start_step and not interrupted:
+            _validate(run, validator, step, metrics, None)
+    accelerator.wait_for_everyone()
+    if main:
+        print(f"saved {out / f'checkpoint-{step}'} and {out / EXPORT_DIR}", flush=True)
+    accelerator.end_training()
+    if interrupted:
+        raise KeyboardInterrupt
+    return out
+
+
+def _validate(run: _Run, validator: Validator, step: int, metrics: Path, bar) -> None:
+    model = run.accelerator.unwrap_model(run.model)
+    with ema_weights(model, run.ema):
+        rec = validator(model, step, run.out)
+    _append_metrics(metrics, rec)
+    msg = "validation " + ", ".join(f"{k} {v}" for k, v in rec.items())
+    (bar.write if bar is not None else print)(msg)
+
+
+# ---------------------------------------------------------------- CLI
+def config_from_args(args) -> Config:
+    """The profile, then --config, then the explicit command-line options."""
+    over: dict = {"output_dir": str(args.out)}
+    for key, name in (("data_root", "data"), ("max_steps", "max_steps"), ("max_minutes", "max_minutes"),
+                      ("checkpoint_every", "checkpoint_every"), ("device", "device"),
+                      ("batch_size", "batch_size"), ("lr", "lr")):
+        value = getattr(args, name, None)
+        if value is not None:
+            over[key] = value
+    if getattr(args, "seed", None) is not None:
+        over["seed"] = args.seed
+    train_over = {k: over.pop(k) for k in ("batch_size", "seed") if k in over}
+    if train_over:
+        over["train"] = train_over
+    return load_config(args.profile, getattr(args, "config", None), **over)
+
+
+def main_train(args) -> int:
+    """`lab6 train`: train with a profile and write the run folder; 0 on success."""
+    cfg = config_from_args(args)
+    train(cfg, resume=args.resume, progress=not getattr(args, "no_progress", False))
+    return 0
+
+
+def load_run_config(folder: str | os.PathLike) -> Config:
+    """The config saved with a run folder, checkpoint or export."""
+    folder = Path(folder)
+    for name in ("config.yaml", "lab6_config.yaml"):
+        if (folder / name).is_file():
+            data = read_yaml(folder / name)
+            try:
+                return config_from_dict(data)
+            except ConfigError as e:
+                raise CheckpointError(f"{folder / name}: {e}") from None
+    if (folder / "state.json").is_file():
+        return config_from_dict(read_state(folder)["config"])
+    raise CheckpointError(f"{folder}: no config.yaml, lab6_config.yaml or state.json")
+
+
+__all__ = ["train", "main_train", "diffusion_loss", "BatchOrder", "save_checkpoint", "load_checkpoint",
+           "latest_checkpoint", "list_checkpoints", "export_pipeline", "build_pipeline", "ema_weights",
+           "load_run_config", "EXPORT_DIR"]

@@ -1,0 +1,117 @@
+"""Pipeline and samplers on the tiny profile (untrained weights: shapes, ranges, determinism, guidance)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+from lab6.config import PROFILES
+from lab6.errors import LabelError
+from lab6.model import build_model
+from lab6.pipeline import ConditionalDDPMPipeline, guided
+from lab6.sample import generators, load_pipeline, sample, set_sampler
+from lab6.schedules import make_scheduler
+from lab6.train import build_pipeline
+
+SETS = [["red sphere", "cyan cube"], ["gray cube"], ["blue cylinder", "green sphere", "yellow cube"]]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core box, 2 threads waiting on each other made steps up to 60x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def pipe():
+    torch.manual_seed(0)
+    p = build_pipeline(build_model(PROFILES["tiny"].model).eval(), PROFILES["tiny"])
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+@pytest.mark.parametrize("sampler, steps", [("ddpm", 1000), ("ddim", 10), ("dpm", 10)])
+def test_samplers_shapes_and_ranges(pipe, sampler, steps):
+    out = sample(pipe, SETS[:2], sampler=sampler, num_steps=steps, guidance_scale=2.0, seed=0,
+                 capture_steps=[0, steps // 2, -1])
+    x = out.images
+    assert x.shape == (2, 3, 64, 64) and x.dtype == torch.float32  # upsampled from 16 px
+    assert x.min() >= -1 and x.max() <= 1 and torch.isfinite(x).all()
+    assert out.xt.shape == out.x0.shape == (3, 2, 3, 64, 64)
+    assert out.timesteps[0] == 999 and out.timesteps == sorted(out.timesteps, reverse=True)
+    cls = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}[sampler]
+    assert type(pipe.scheduler) is cls
+
+
+def test_guidance_scale_one_is_the_conditional_model(pipe):
+    """s = 1 equals a plain loop over the conditional network; s = 0 is the unconditional one."""
+    y = torch.zeros(1, 24)
+    y[0, 3] = 1
+    steps = 8
+
+    def plain_loop(labels):
+        sched = make_scheduler(pipe.scheduler, "ddim", "trailing")
+        sched.set_timesteps(steps)
+        xt = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            for t in sched.timesteps:
+                xt = sched.step(pipe.unet(xt, t, labels), t, xt).prev_sample
+        return torch.nn.functional.interpolate(xt, size=64, mode="bilinear", align_corners=False).clamp(-1, 1)
+
+    set_sampler(pipe, "ddim")
+    run = lambda s: pipe(labels=y, num_inference_steps=steps, guidance_scale=s, output_type="pt",  # noqa: E731
+                         generator=torch.Generator().manual_seed(3)).images
+    assert torch.equal(run(1.0), plain_loop(y))
+    assert torch.allclose(run(0.0), plain_loop(torch.zeros_like(y)), atol=1e-5)
+    assert not torch.allclose(run(3.0), run(1.0))
+    c, u = torch.randn(2, 4), torch.randn(2, 4)
+    assert torch.equal(guided(c, u, 1.0), c) and torch.equal(guided(c, u, 0.0), u)
+    assert torch.allclose(guided(c, u, 3.0), u + 3 * (c - u))
+
+
+def test_images_do_not_depend_on_batch_size(pipe):
+    a = sample(pipe, SETS, sampler="dpm", num_steps=5, seed=4, batch_size=3).images
+    b = sample(pipe, SETS, sampler="dpm", num_steps=5, seed=4, batch_size=1).images
+    c = sample(pipe, SETS, sampler="dpm", num_steps=5, seed=5, batch_size=3).images
+    assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(a, c)
+
+
+def test_pipeline_call_returns_pil_and_defaults_travel(pipe, tmp_path):
+    images = pipe(labels=[["red sphere", "cyan cube"]], num_inference_steps=4, guidance_scale=2.0,
+                  generator=torch.Generator().manual_seed(0)).images
+    assert len(images) == 1 and images[0].size == (64, 64) and images[0].mode == "RGB"
+    pipe.save_pretrained(tmp_path)
+    loaded = ConditionalDDPMPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    tiny = PROFILES["tiny"].sample
+    assert loaded.config.default_num_inference_steps == tiny.num_steps
+    assert loaded.config.default_guidance_scale == tiny.guidance_scale
+    assert type(loaded.scheduler) is type(pipe.scheduler)
+    assert loaded.scheduler.config.prediction_type == PROFILES["tiny"].schedule.prediction_type
+    a = pipe(labels=SETS, generator=generators(0, 3), output_type="pt").images
+    assert torch.equal(a, loaded(labels=SETS, generator=generators(0, 3), output_type="pt").images)
+
+
+def test_any_diffusers_scheduler_can_be_swapped_in(pipe):
+    from diffusers import EulerDiscreteScheduler
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    x = pipe(labels=SETS[:1], num_inference_steps=5, output_type="pt",
+             generator=torch.Generator().manual_seed(0)).images
+    assert x.shape == (1, 3, 64, 64) and torch.isfinite(x).all()
+
+
+def test_bad_labels_are_rejected(pipe):
+    with pytest.raises(LabelError, match="unknown object 'red spere'"):
+        pipe(labels=[["red spere"]], num_inference_steps=2)
+
+
+def test_load_pipeline_errors(tmp_path):
+    from lab6.errors import CheckpointError
+    with pytest.raises(CheckpointError, match="not found"):
+        load_pipeline(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="holds no pipeline"):
+        load_pipeline(tmp_path)

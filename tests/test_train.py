@@ -1,0 +1,192 @@
+"""Training on the tiny profile: loss, exact resume, stop conditions, multi-process launch and the real CLI."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from lab6 import labels as L
+from lab6.config import PROFILES, load_config
+from lab6.model import build_model
+from lab6.schedules import alphas_cumprod
+from lab6.train import BatchOrder, diffusion_loss, list_checkpoints, train
+from tests.conftest import REPO, write_course_layout
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core box, 2 threads waiting on each other made steps up to 60x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_course_layout(tmp_path_factory.mktemp("data") / "ds", n=12)
+
+
+def tiny_cfg(out, data, **train):
+    return load_config("tiny", output_dir=str(out), data_root=str(data), validate_num=0,
+                       train={"max_steps": 6, "checkpoint_every": 3} | train)
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
+def test_loss_falls_on_a_fixed_batch():
+    """Algorithm 1 on one batch with the same t and eps each step: the network must fit it."""
+    torch.manual_seed(0)
+    cfg = PROFILES["tiny"]
+    model = build_model(cfg.model)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    ac = alphas_cumprod(cfg.schedule).float()
+    x0 = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    y = L.encode_batch([[L.OBJECTS[i]] for i in range(8)])
+    losses = []
+    for _ in range(40):
+        loss = diffusion_loss(model, x0, y, ac, torch.Generator().manual_seed(2), "v_prediction")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
+
+
+def test_batch_order_is_seeded_epochs():
+    order = BatchOrder(10, seed=3)
+    first = torch.cat([order.indices(s, 5) for s in range(2)])
+    assert sorted(first.tolist()) == list(range(10))  # one epoch = a permutation
+    assert torch.equal(order.indices(3, 5), BatchOrder(10, seed=3).indices(3, 5))  # no state
+    assert not torch.equal(first, torch.cat([BatchOrder(10, seed=4).indices(s, 5) for s in range(2)]))
+    assert len(order.indices(0, 25)) == 25  # a batch larger than the dataset spans epochs
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, dataset):
+    full = train(tiny_cfg(tmp_path / "a", dataset), progress=False)
+    assert [s for s, _ in list_checkpoints(full)] == [3, 6]
+    copy = tmp_path / "copy-of-3"
+    shutil.copytree(full / "checkpoint-3", copy)
+    resumed = train(tiny_cfg(tmp_path / "b", dataset), resume=str(copy), progress=False)
+    for part in ("model", "ema"):
+        f = f"checkpoint-6/{part}/diffusion_pytorch_model.safetensors"
+        assert (full / f).read_bytes() == (resumed / f).read_bytes(), part
+    assert (full / "pipeline/unet/diffusion_pytorch_model.safetensors").read_bytes() == \
+        (resumed / "pipeline/unet/diffusion_pytorch_model.safetensors").read_bytes()
+    losses = {m["step"]: m["loss"] for m in _metrics(full)}
+    assert [(m["step"], m["loss"]) for m in _metrics(resumed)] == [(s, losses[s]) for s in (4, 5, 6)]
+
+
+def test_resume_latest_and_total_limit(tmp_path, dataset):
+    run = train(tiny_cfg(tmp_path / "r", dataset, max_steps=4, checkpoint_every=1, checkpoints_total_limit=2),
+                progress=False)
+    assert [s for s, _ in list_checkpoints(run)] == [3, 4]
+    assert not list(run.glob(".checkpoint-*"))  # no temporary folders left behind
+    train(tiny_cfg(run, dataset, max_steps=5, checkpoint_every=1, checkpoints_total_limit=2), resume="latest",
+          progress=False)
+    assert [s for s, _ in list_checkpoints(run)] == [4, 5]
+    assert [m["step"] for m in _metrics(run)] == [1, 2, 3, 4, 5]
+
+
+def test_time_budget_ends_with_checkpoint_and_export(tmp_path, dataset):
+    run = train(tiny_cfg(tmp_path / "t", dataset, max_steps=1000, max_minutes=1e-9), progress=False)
+    assert [s for s, _ in list_checkpoints(run)] == [0]
+    assert (run / "pipeline" / "model_index.json").is_file()
+
+
+def test_ctrl_c_ends_with_checkpoint_and_export(tmp_path, dataset, monkeypatch):
+    import lab6.train as T
+    calls = {"n": 0}
+    real = T.diffusion_loss
+
+    def interrupting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "diffusion_loss", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(tmp_path / "c", dataset, max_steps=50, checkpoint_every=100), progress=False)
+    assert [s for s, _ in list_checkpoints(tmp_path / "c")] == [2]
+    assert (tmp_path / "c" / "pipeline" / "model_index.json").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes(tmp_path, dataset):
+    """`accelerate launch` on 2 CPU processes (torchrun + gloo) runs two data-parallel steps unchanged."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()),
+           "-m", "lab6", "train", "--profile", "tiny", "--data", str(dataset), "--out", str(out),
+           "--max-steps", "2", "--device", "cpu", "--no-progress"]
+    r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "batch 8 x 2 process(es)" in r.stdout
+    ckpt = out / "checkpoint-2"
+    assert (ckpt / "random_states_0.pt").is_file() and (ckpt / "random_states_1.pt").is_file()
+    assert json.loads((ckpt / "state.json").read_text())["num_processes"] == 2
+    assert [m["step"] for m in _metrics(out) if "loss" in m] == [1, 2]
+
+
+def test_cli_train_then_sample(tmp_path, dataset):
+    """The real entry point: `python -m lab6 train` on a tiny dataset, then `python -m lab6 sample`."""
+    run, images = tmp_path / "run", tmp_path / "images"
+    r = subprocess.run([sys.executable, "-m", "lab6", "train", "--profile", "tiny", "--data", str(dataset),
+                        "--out", str(run), "--max-steps", "4", "--checkpoint-every", "2", "--no-progress"],
+                       cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (run / "config.yaml").is_file() and (run / "pipeline" / "model_index.json").is_file()
+    assert [s for s, _ in list_checkpoints(run)] == [2, 4]
+    assert [m["step"] for m in _metrics(run) if "loss" in m] == [1, 2, 3, 4]
+    assert (run / "samples" / "test-step-000004.png").is_file()  # the end-of-run validation grid
+
+    r = subprocess.run([sys.executable, "-m", "lab6", "sample", "--model", str(run), "--labels",
+                        str(dataset / "test.json"), "--out", str(images), "--steps", "5", "--no-progress"],
+                       cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    n = len(json.loads((dataset / "test.json").read_text()))
+    files = sorted((images / "test").iterdir(), key=lambda p: int(p.stem))
+    assert [p.name for p in files] == [f"{i}.png" for i in range(n)]
+    assert all(Image.open(p).size == (64, 64) for p in files)
+    grid = Image.open(images / "test_grid.png")
+    assert grid.size == (8 * 66 + 2, -(-n // 8) * 66 + 2)  # make_grid: 8 per row, 2 px padding
+    m = json.loads((images / "test_metrics.json").read_text())
+    assert {"accuracy", "hits", "labels", "sampler", "steps", "guidance", "seed"} <= m.keys()
+    assert (m["sampler"], m["steps"], m["guidance"], m["seed"]) == ("ddim", 5, 2.0, 0)
+    assert "test: accuracy" in r.stdout
+
+
+def test_cli_errors_are_one_line(tmp_path, dataset, capsys):
+    from lab6.cli import main
+    assert main(["train", "--profile", "tiny", "--data", str(dataset), "--out", str(tmp_path / "x"),
+                 "--resume", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "checkpoint" in err and err.count("\n") == 1
+    assert main(["sample", "--model", str(tmp_path / "none"), "--labels", str(dataset / "test.json"),
+                 "--out", str(tmp_path / "i")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not found" in err and err.count("\n") == 1
+    assert main(["train", "--profile", "tiny", "--data", str(dataset), "--out", str(tmp_path / "y"),
+                 "--max-steps", "0"]) == 1
+    assert "train.max_steps: must be > 0" in capsys.readouterr().err
