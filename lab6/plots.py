@@ -112,3 +112,168 @@ class Table:
         trs = "".join("<tr><th>{}</th>{}</tr>".format(k, "".join(f"<td>{self._fmt(r.get(c, ''))}</td>"
                                                              for c in self.columns)) for k, r in self.rows.items())
         return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+def read_metrics(path) -> list[dict]:
+    """Records of a metrics.jsonl file (one JSON object per line; a torn last line is skipped)."""
+    import json
+    from pathlib import Path
+
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+    return rows
+
+
+def plot_training(records: list[dict], title: str = ""):
+    """Loss (with a moving average) and learning rate against step, plus validation accuracy if logged."""
+    import matplotlib.pyplot as plt
+
+    loss = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    acc_keys = sorted({k for r in records for k in r if k.endswith("_acc")})
+    fig, axes = plt.subplots(1, 2 if acc_keys else 1, figsize=(11 if acc_keys else 6, 3.4), squeeze=False)
+    ax = axes[0, 0]
+    if loss:
+        s, v = zip(*loss)
+        ax.plot(s, v, alpha=0.35, label="loss")
+        w = max(1, len(v) // 20)
+        avg = np.convolve(v, np.ones(w) / w, mode="valid")
+        ax.plot(s[w - 1:], avg, label=f"moving average ({w})")
+        ax.set(xlabel="step", ylabel="loss", title=f"{title} training loss".strip())
+        ax.legend()
+        lr = [(r["step"], r["lr"]) for r in records if "lr" in r]
+        if lr:
+            ax2 = ax.twinx()
+            ax2.plot(*zip(*lr), color="gray", lw=0.8, ls="--")
+            ax2.set_ylabel("learning rate", color="gray")
+    if acc_keys:
+        ax = axes[0, 1]
+        for k in acc_keys:
+            pts = [(r["step"], r[k]) for r in records if k in r]
+            ax.plot(*zip(*pts), marker="o", label=k.removesuffix("_acc"))
+        ax.set(xlabel="step", ylabel="evaluator accuracy", ylim=(0, 1.02), title="validation accuracy")
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def denoising_strip(frames: torch.Tensor, timesteps, final: torch.Tensor | None = None, title: str = ""):
+    """One row of frames (S, 3, H, W) in [-1, 1] from noise to image, each titled with its t."""
+    import matplotlib.pyplot as plt
+
+    imgs = list(_as_uint8(frames))
+    names = [f"t={t}" for t in timesteps]
+    if final is not None:
+        imgs.append(_as_uint8(final[None] if final.dim() == 3 else final)[0])
+        names.append("final")
+    fig, axes = plt.subplots(1, len(imgs), figsize=(1.45 * len(imgs), 1.9), squeeze=False)
+    for ax, im, name in zip(axes[0], imgs, names):
+        ax.imshow(im, interpolation="nearest")
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sampler_comparison(rows: dict, title: str = ""):
+    """Accuracy and seconds per sampler setting (rows from compare.sampler_comparison)."""
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.2))
+    a1.bar(names, [rows[n]["accuracy"] for n in names], color="tab:blue")
+    a1.set(ylabel="evaluator accuracy", ylim=(0, 1), title=f"{title} accuracy".strip())
+    a2.bar(names, [rows[n]["seconds"] for n in names], color="tab:orange")
+    a2.set(ylabel="seconds", yscale="log", title="wall time for the whole label file")
+    for ax in (a1, a2):
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def plot_guidance_sweep(rows: dict, title: str = ""):
+    """Accuracy against classifier-free guidance scale (rows from compare.guidance_sweep), one line per split."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for split, by_scale in rows.items():
+        scales = sorted(by_scale)
+        ax.plot(scales, [by_scale[w]["accuracy"] for w in scales], marker="o", label=split)
+    ax.set(xlabel="guidance scale w (1 = no guidance)", ylabel="evaluator accuracy", ylim=(0, 1.02),
+           title=f"{title} guidance sweep".strip())
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusions(results, title: str = ""):
+    """Bars of missed objects per colour and per shape, split by kind of miss (from Evaluator.breakdown)."""
+    import matplotlib.pyplot as plt
+
+    from .labels import COLORS, SHAPES
+
+    kinds = sorted({m.kind for r in results for m in r.misses}) or ["missing"]
+    by = {"colour": {c: dict.fromkeys(kinds, 0) for c in COLORS}, "shape": {s: dict.fromkeys(kinds, 0) for s in SHAPES}}
+    wanted = {"colour": dict.fromkeys(COLORS, 0), "shape": dict.fromkeys(SHAPES, 0)}
+    for r in results:
+        for name in r.labels:
+            c, s = name.split()
+            wanted["colour"][c] += 1
+            wanted["shape"][s] += 1
+        for m in r.misses:
+            c, s = m.object.split()
+            by["colour"][c][m.kind] += 1
+            by["shape"][s][m.kind] += 1
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [2.4, 1]})
+    for ax, key in zip(axes, ("colour", "shape")):
+        cats = list(by[key])
+        bottom = np.zeros(len(cats))
+        for kind in kinds:
+            v = np.array([by[key][c][kind] / max(1, wanted[key][c]) for c in cats])
+            ax.bar(cats, v, bottom=bottom, label=kind)
+            bottom += v
+        ax.set(ylabel="missed / wanted", title=f"{title} misses by {key}".strip(), ylim=(0, max(0.05, bottom.max() * 1.15)))
+        ax.tick_params(axis="x", rotation=30)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+class LivePlot:
+    """A training callback that redraws the loss curve in a notebook every `every` logged records."""
+
+    def __init__(self, every: int = 10, title: str = ""):
+        self.records: list[dict] = []
+        self.every, self.title, self._handle, self._seen = every, title, None, 0
+
+    def __call__(self, record: dict) -> None:
+        self.records.append(record)
+        self._seen += 1
+        if self._seen % self.every == 0 or any(k.endswith("_acc") for k in record):
+            self.draw()
+
+    def draw(self):
+        """Redraw now (also call once after training for the final curve)."""
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        fig = plot_training(self.records, self.title)
+        if self._handle is None:
+            self._handle = display(fig, display_id=True)
+        else:
+            self._handle.update(fig)
+        plt.close(fig)
+        return fig
+
+
+def save_figure(fig, path, dpi: int = 120) -> None:
+    """Save a matplotlib figure as PNG atomically."""
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")

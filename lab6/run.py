@@ -168,3 +168,17 @@ def record_metrics(run_dir: str | Path, notebook: str, metrics: dict) -> Path:
     allm[notebook] = {**allm.get(notebook, {}), **metrics}
     write_json(path, allm)
     return path
+
+
+PRETRAINED_DIR = PROJECT_ROOT / "pretrained"
+
+
+def run_model(profile: str, run_dir: str | Path, model: str = "") -> tuple[Path, str]:
+    """(model folder, where it came from) for notebooks 04-05: an explicit path, the model shipped for the
+    profile in pretrained/<profile>/, else the model trained in this run (run_dir/train)."""
+    if model:
+        return Path(model), f"given: {model}"
+    shipped = PRETRAINED_DIR / profile
+    if (shipped / "model_index.json").exists():
+        return shipped, f"shipped model pretrained/{profile} (trained with lab6 train; see its TRAINING.md)"
+    return Path(run_dir) / "train", f"trained live in this run ({Path(run_dir) / 'train'})"
