@@ -50,12 +50,26 @@ def _add_train_evaluator(sub) -> None:
     p.add_argument("--out", default=None, help="checkpoint path (default <data>/evaluator.pth)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="passes over the images (default 20; on a CPU the time budget ends it first)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock budget; the learning-rate schedule ends at it (default 9, 0 = none)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per step (default 64)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3, AdamW)")
+    p.add_argument("--force", action="store_true",
+                   help="retrain even if a complete checkpoint for the same config and data exists")
     p.set_defaults(func=_cmd_train_evaluator)
 
 
 def _cmd_train_evaluator(args) -> int:
-    from .evaluator import train_evaluator
-    train_evaluator(args.data, out=args.out, seed=args.seed, device=args.device)
+    import os
+    # Idle OpenMP threads sleep instead of spinning (read when torch loads): on a CPU shared with other
+    # work, spinning threads slowed training steps 12x here.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .evaluator import EvaluatorTrainConfig, train_evaluator
+    options = {"epochs": args.epochs, "max_minutes": args.max_minutes, "batch_size": args.batch_size, "lr": args.lr}
+    config = EvaluatorTrainConfig(seed=args.seed, **{k: v for k, v in options.items() if v is not None})
+    train_evaluator(args.data, out=args.out, config=config, device=args.device, force=args.force)
     return 0
 
 

@@ -1,0 +1,76 @@
+"""Ceiling of the evaluator: its accuracy on the ground-truth renders of each test file, sharp and round-tripped.
+
+    .venv/bin/python benchmarks/bench_evaluator.py [--data data/synth] [--train] [--evaluator PATH]
+
+Reads root/<split>_gt/<i>.png for test, new_test and unseen_test, scores them with the course's pooled top-k
+metric as they are and after a 64 -> 32 -> 64 bilinear round trip (what a 32x32 sample looks like once
+upsampled), and prints the evaluator's training wall time. Target: >= 0.99 everywhere, trained in <= 10 min.
+`--train` first runs `train_evaluator` (a no-op when a complete checkpoint for the same config exists).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from lab6 import evaluator as E
+from lab6.data import CourseData, load_image_folder
+
+TARGET = 0.99
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="data/synth", help="dataset root holding <split>_gt/ folders")
+    parser.add_argument("--evaluator", default=None, help="checkpoint (default <data>/evaluator.pth)")
+    parser.add_argument("--train", action="store_true", help="train the evaluator first if it is not complete")
+    parser.add_argument("--device", default=None, help="cpu or cuda")
+    args = parser.parse_args(argv)
+
+    data = CourseData(args.data)
+    path = Path(args.evaluator) if args.evaluator else data.root / "evaluator.pth"
+    if args.train:
+        E.train_evaluator(data.root, out=path, device=args.device)
+    ev = E.Evaluator(path, device=args.device)
+    info = ev.info
+    print(f"evaluator: {ev.path} on {ev.device}; load average now {os.getloadavg()[0]:.2f}")
+    if "train_seconds" in info:
+        cfg = info.get("config", {})
+        print(f"training: {info['train_seconds'] / 60:.1f} min wall, {info['steps']} steps "
+              f"({info['epochs_done']:.2f} epochs of batch {cfg.get('batch_size')}), on {info.get('device')} "
+              f"with {info.get('torch_threads')} threads, load average {info.get('load_avg_start', [-1])[0]:.2f} "
+              f"at start, {info.get('load_avg_end', [-1])[0]:.2f} at end")
+        print(f"held-out training images: {info['held_out_accuracy']:.4f}, "
+              f"round-tripped {info['held_out_accuracy_round_trip']:.4f}")
+
+    ok = True
+    print(f"\n{'split':<12} {'images':>6} {'sharp':>16} {'64->32->64':>16}   misses (sharp): shape/colour/missing")
+    for split in data.splits():
+        label_sets = data.label_sets(split)
+        gt = data.root / f"{split}_gt"
+        if not gt.is_dir():
+            print(f"{split:<12} no {gt.name}/ folder, skipped")
+            continue
+        t0 = time.perf_counter()
+        images = load_image_folder(gt, len(label_sets))
+        rows = []
+        for x in (images, E.round_trip(images, 32)):
+            counts = E.summarize(ev.breakdown(x, label_sets))
+            rows.append(counts)
+            ok &= counts["hits"] / counts["labels"] >= TARGET
+        sharp, rt = rows
+        cell = [f"{c['hits'] / c['labels']:.4f} ({c['hits']}/{c['labels']})" for c in rows]
+        print(f"{split:<12} {len(label_sets):>6} {cell[0]:>16} {cell[1]:>16}   "
+              f"{sharp[E.WRONG_SHAPE]}/{sharp[E.WRONG_COLOUR]}/{sharp[E.MISSING]}"
+              f"  ({time.perf_counter() - t0:.1f} s)")
+    minutes = info.get("train_seconds", float("nan")) / 60
+    ok &= minutes <= 10
+    print(f"\ntarget: >= {TARGET} on every split and both versions, trained in <= 10 min: "
+          f"{'met' if ok else 'NOT met'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,447 @@
+"""The evaluator: torchvision-identical ResNet-18, the course's metric tie-for-tie, checkpoints, CLI, training."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from lab6 import cli
+from lab6 import evaluator as E
+from lab6 import labels as L
+from lab6.errors import CheckpointError, ConfigError, DataError, LabelError
+from tests.conftest import write_course_layout
+
+# torchvision.models.resnet18().state_dict() with fc = Sequential(Linear(512, 24), Sigmoid()), in order.
+BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _bn(prefix, c):
+    return [(f"{prefix}.{p}", (c,) if p != "num_batches_tracked" else ()) for p in BN]
+
+
+TORCHVISION_KEYS = (
+    [("conv1.weight", (64, 3, 7, 7))] + _bn("bn1", 64)
+    + [("layer1.0.conv1.weight", (64, 64, 3, 3))] + _bn("layer1.0.bn1", 64)
+    + [("layer1.0.conv2.weight", (64, 64, 3, 3))] + _bn("layer1.0.bn2", 64)
+    + [("layer1.1.conv1.weight", (64, 64, 3, 3))] + _bn("layer1.1.bn1", 64)
+    + [("layer1.1.conv2.weight", (64, 64, 3, 3))] + _bn("layer1.1.bn2", 64)
+    + [("layer2.0.conv1.weight", (128, 64, 3, 3))] + _bn("layer2.0.bn1", 128)
+    + [("layer2.0.conv2.weight", (128, 128, 3, 3))] + _bn("layer2.0.bn2", 128)
+    + [("layer2.0.downsample.0.weight", (128, 64, 1, 1))] + _bn("layer2.0.downsample.1", 128)
+    + [("layer2.1.conv1.weight", (128, 128, 3, 3))] + _bn("layer2.1.bn1", 128)
+    + [("layer2.1.conv2.weight", (128, 128, 3, 3))] + _bn("layer2.1.bn2", 128)
+    + [("layer3.0.conv1.weight", (256, 128, 3, 3))] + _bn("layer3.0.bn1", 256)
+    + [("layer3.0.conv2.weight", (256, 256, 3, 3))] + _bn("layer3.0.bn2", 256)
+    + [("layer3.0.downsample.0.weight", (256, 128, 1, 1))] + _bn("layer3.0.downsample.1", 256)
+    + [("layer3.1.conv1.weight", (256, 256, 3, 3))] + _bn("layer3.1.bn1", 256)
+    + [("layer3.1.conv2.weight", (256, 256, 3, 3))] + _bn("layer3.1.bn2", 256)
+    + [("layer4.0.conv1.weight", (512, 256, 3, 3))] + _bn("layer4.0.bn1", 512)
+    + [("layer4.0.conv2.weight", (512, 512, 3, 3))] + _bn("layer4.0.bn2", 512)
+    + [("layer4.0.downsample.0.weight", (512, 256, 1, 1))] + _bn("layer4.0.downsample.1", 512)
+    + [("layer4.1.conv1.weight", (512, 512, 3, 3))] + _bn("layer4.1.bn1", 512)
+    + [("layer4.1.conv2.weight", (512, 512, 3, 3))] + _bn("layer4.1.bn2", 512)
+    + [("fc.0.weight", (24, 512)), ("fc.0.bias", (24,))]
+)
+
+
+class CourseEvaluator:
+    """The course's evaluator code, verbatim apart from taking the network as an argument."""
+
+    def __init__(self, resnet18):
+        self.resnet18 = resnet18
+
+    def compute_acc(self, out, onehot_labels):
+        batch_size = out.size(0)
+        acc = 0
+        total = 0
+        for i in range(batch_size):
+            k = int(onehot_labels[i].sum().item())
+            total += k
+            outv, outi = out[i].topk(k)
+            lv, li = onehot_labels[i].topk(k)
+            for j in outi:
+                if j in li:
+                    acc += 1
+        return acc / total
+
+    def eval(self, images, labels):
+        with torch.no_grad():
+            out = self.resnet18(images)
+            acc = self.compute_acc(out.cpu(), labels.cpu())
+            return acc
+
+
+def random_state_dict(seed=0, fc_scale=1.0):
+    """A ResNet-18 state_dict with random weights and non-trivial batch-norm statistics."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in TORCHVISION_KEYS:
+        if key.endswith("num_batches_tracked"):
+            sd[key] = torch.tensor(7)
+        elif key.endswith("running_var"):
+            sd[key] = 0.5 + torch.rand(shape, generator=g)
+        elif key.endswith("running_mean"):
+            sd[key] = 0.1 * torch.randn(shape, generator=g)
+        elif key.endswith(".bias"):
+            sd[key] = 0.1 * torch.randn(shape, generator=g)
+        elif ".bn" in key or "downsample.1" in key or key.startswith("bn1"):
+            sd[key] = 1 + 0.1 * torch.randn(shape, generator=g)
+        else:  # conv / linear weights, He-scaled
+            fan_in = int(np.prod(shape[1:]))
+            sd[key] = torch.randn(shape, generator=g) * (2 / fan_in) ** 0.5
+    sd["fc.0.weight"] *= fc_scale
+    return sd
+
+
+def functional_resnet18(sd, x, training=False):
+    """torchvision's BasicBlock ResNet-18 forward written with torch.nn.functional on a state_dict."""
+    def bn(h, p):
+        mean, var = sd[f"{p}.running_mean"].clone(), sd[f"{p}.running_var"].clone()
+        return F.batch_norm(h, mean, var, sd[f"{p}.weight"], sd[f"{p}.bias"], training, 0.1, 1e-5)
+
+    h = F.relu(bn(F.conv2d(x, sd["conv1.weight"], stride=2, padding=3), "bn1"))
+    h = F.max_pool2d(h, 3, 2, 1)
+    for layer in range(1, 5):
+        for block in range(2):
+            p = f"layer{layer}.{block}"
+            stride = 2 if layer > 1 and block == 0 else 1
+            out = F.relu(bn(F.conv2d(h, sd[f"{p}.conv1.weight"], stride=stride, padding=1), f"{p}.bn1"))
+            out = bn(F.conv2d(out, sd[f"{p}.conv2.weight"], padding=1), f"{p}.bn2")
+            if f"{p}.downsample.0.weight" in sd:
+                h = bn(F.conv2d(h, sd[f"{p}.downsample.0.weight"], stride=stride), f"{p}.downsample.1")
+            h = F.relu(out + h)
+    h = F.adaptive_avg_pool2d(h, 1).flatten(1)
+    return torch.sigmoid(F.linear(h, sd["fc.0.weight"], sd["fc.0.bias"]))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: these tiny tensors run faster so, above all on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def ckpt_path(tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": random_state_dict()}, path)
+    return path
+
+
+def random_labels(n, g, max_k=3):
+    y = torch.zeros(n, 24)
+    for i in range(n):
+        k = int(torch.randint(1, max_k + 1, (1,), generator=g))
+        y[i, torch.randperm(24, generator=g)[:k]] = 1
+    return y
+
+
+# ---------------------------------------------------------------- architecture
+def test_state_dict_matches_torchvision_layout():
+    assert len(TORCHVISION_KEYS) == 122
+    got = [(k, tuple(v.shape)) for k, v in E.ResNet18().state_dict().items()]
+    assert got == TORCHVISION_KEYS
+    assert list(E.expected_shapes().items()) == TORCHVISION_KEYS
+
+
+@pytest.mark.parametrize("size", [64, 32])
+def test_forward_matches_functional_resnet18(size):
+    sd = random_state_dict(seed=1)
+    model = E.ResNet18()
+    model.load_state_dict(sd)
+    x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        model.eval()
+        torch.testing.assert_close(model(x), functional_resnet18(sd, x), rtol=0, atol=1e-5)
+        model.train()
+        torch.testing.assert_close(model(x), functional_resnet18(sd, x, training=True), rtol=0, atol=1e-5)
+        torch.testing.assert_close(torch.sigmoid(model.logits(x)), model(x), rtol=0, atol=1e-6)
+
+
+def test_checkpoint_loads_into_evaluator(ckpt_path):
+    ev = E.Evaluator(ckpt_path, device="cpu")
+    x = torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    torch.testing.assert_close(ev.probs(x), functional_resnet18(random_state_dict(), x), rtol=0, atol=1e-5)
+    assert not ev.model.training
+
+
+# ---------------------------------------------------------------- metric parity
+def test_course_metric_parity_with_ties():
+    g = torch.Generator().manual_seed(0)
+    course = CourseEvaluator(None)
+    tied_rows = 0
+    for trial in range(40):
+        n = int(torch.randint(1, 50, (1,), generator=g))
+        y = random_labels(n, g, max_k=5)
+        levels = int(torch.randint(2, 6, (1,), generator=g))  # few distinct values: many ties
+        out = torch.randint(0, levels, (n, 24), generator=g).float() / (levels - 1)
+        if trial % 4 == 0:
+            out = torch.rand(n, 24, generator=g)  # and some without ties
+        for i in range(n):
+            k = int(y[i].sum())
+            s = out[i].sort(descending=True).values
+            tied_rows += int(s[k - 1] == s[k])
+        hits, total = E.course_hits(out, y)
+        assert total == int(y.sum())
+        assert hits / total == course.compute_acc(out, y) == E.course_accuracy(out, y)
+        results = E.breakdown_from_probs(out, y)
+        assert sum(r.hits for r in results) == hits
+    assert tied_rows > 200  # the boundary of the top k really was tied, often
+
+
+def test_evaluator_accuracy_parity_on_saturated_model(tmp_path):
+    # A large fc scale saturates the sigmoid: many outputs are exactly 0.0 or 1.0, so topk breaks ties.
+    path = tmp_path / "sat.pth"
+    torch.save({"model": random_state_dict(seed=4, fc_scale=300.0)}, path)
+    ev = E.Evaluator(path, device="cpu")
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(64, 3, 64, 64, generator=g) * 2 - 1
+    y = random_labels(64, g)
+    out = ev.probs(x)
+    assert ((out == 1.0).sum(1) > 3).any() and ((out == 0.0).sum(1) > 3).any()
+    assert ev.accuracy(x, y) == CourseEvaluator(ev.model).eval(x, y)
+
+
+def test_label_sets_and_tensors_agree(ckpt_path):
+    ev = E.Evaluator(ckpt_path, device="cpu")
+    sets = [["red cube"], ["blue sphere", "gray cylinder"], ["green cube", "cyan sphere", "yellow cylinder"]]
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    assert ev.score(x, sets) == ev.score(x, L.encode_batch(sets))
+    with pytest.raises(LabelError, match="3 images but 2 label sets"):
+        ev.score(x, sets[:2])
+
+
+def test_uint8_and_other_sizes(ckpt_path):
+    ev = E.Evaluator(ckpt_path, device="cpu")
+    x8 = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    torch.testing.assert_close(ev.probs(x8), ev.probs(x8.float() / 127.5 - 1))
+    x32 = torch.rand(2, 3, 32, 32) * 2 - 1
+    with pytest.warns(UserWarning, match="images are 32x32, resizing to 64x64"):
+        p = ev.probs(x32)
+    up = F.interpolate(x32, size=64, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(p, ev.probs(up))
+    with pytest.raises(DataError, match=r"expected images of shape \(B, 3, H, W\)"):
+        ev.probs(torch.rand(2, 1, 64, 64))
+
+
+# ---------------------------------------------------------------- breakdown
+def test_breakdown_names_what_was_seen_instead():
+    idx = L.OBJECT_TO_INDEX
+    y = L.encode_batch([["red cube", "blue sphere", "green cylinder"], ["gray cube"], ["cyan sphere"]])
+    out = torch.full((3, 24), 0.01)
+    out[0, [idx["red sphere"], idx["blue sphere"], idx["yellow cube"]]] = torch.tensor([0.9, 0.8, 0.7])
+    out[0, idx["red cube"]] = 0.3
+    out[1, idx["red cube"]] = 0.9
+    out[2, idx["cyan sphere"]] = 0.95
+    r = E.breakdown_from_probs(out, y)
+    assert r[0].hits == 1 and r[0].predicted == ["red sphere", "blue sphere", "yellow cube"]
+    assert [(m.object, m.kind, m.seen) for m in r[0].misses] == [
+        ("red cube", E.WRONG_SHAPE, "red sphere"), ("green cylinder", E.MISSING, "yellow cube")]
+    assert r[0].misses[0].prob == pytest.approx(0.3)
+    assert [(m.object, m.kind, m.seen) for m in r[1].misses] == [("gray cube", E.WRONG_COLOUR, "red cube")]
+    assert r[2].hits == 1 and r[2].misses == []
+    assert E.summarize(r) == {"labels": 5, "hits": 2, E.WRONG_SHAPE: 1, E.WRONG_COLOUR: 1, E.MISSING: 1}
+
+
+# ---------------------------------------------------------------- checkpoints
+def test_find_evaluator_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=re.escape("lab6 train-evaluator --data data/synth")):
+        E.find_evaluator()
+    (tmp_path / "data" / "synth").mkdir(parents=True)
+    (tmp_path / "data" / "synth" / "evaluator.pth").write_bytes(b"x")
+    assert E.find_evaluator() == E.SYNTH_CHECKPOINT
+    (tmp_path / "data" / "iclevr").mkdir()
+    (tmp_path / "data" / "iclevr" / "checkpoint.pth").write_bytes(b"x")
+    assert E.find_evaluator() == E.COURSE_CHECKPOINT
+    with pytest.raises(CheckpointError, match="other.pth: evaluator checkpoint not found"):
+        E.find_evaluator("other.pth")
+    # With a data root: that folder's course checkpoint, else its evaluator.pth; never another folder's.
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(CheckpointError, match=re.escape("lab6 train-evaluator --data mine")):
+        E.find_evaluator(data_root="mine")
+    assert E.find_evaluator(data_root="data/synth") == E.SYNTH_CHECKPOINT
+    (tmp_path / "data" / "synth" / "checkpoint.pth").write_bytes(b"x")
+    assert E.find_evaluator(data_root="data/synth") == tmp_path.joinpath("data/synth/checkpoint.pth").relative_to(tmp_path)
+
+
+def _bad_checkpoints(tmp_path):
+    good = random_state_dict()
+    torch.save({"model": good}, tmp_path / "good.pth")
+    data = (tmp_path / "good.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.pth").write_bytes(b"this is not a checkpoint")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    torch.save({"state_dict": good}, tmp_path / "nomodel.pth")
+    torch.save(good, tmp_path / "bare.pth")
+    torch.save({"model": dict(good, **{"fc.0.weight": torch.zeros(10, 512), "fc.0.bias": torch.zeros(10)})},
+               tmp_path / "fc10.pth")
+    torch.save({"model": {k: v for k, v in good.items() if not k.startswith("layer4.1")}}, tmp_path / "short.pth")
+    torch.save({"model": dict(good, **{"fc.weight": torch.zeros(24, 512)})}, tmp_path / "extra.pth")
+    return [
+        ("missing.pth", "evaluator checkpoint not found"),
+        ("cut.pth", "not a readable PyTorch checkpoint, truncated or another format"),
+        ("junk.pth", "not a"),
+        ("empty.pth", "not a readable PyTorch checkpoint"),
+        ("nomodel.pth", "no 'model' key (found 'state_dict')"),
+        ("bare.pth", "a bare state_dict without the 'model' key"),
+        ("fc10.pth", "wrong shapes: fc.0.weight (10, 512) (expected (24, 512)), fc.0.bias (10,)"),
+        ("short.pth", "10 missing keys (first: layer4.1.conv1.weight"),
+        ("extra.pth", "1 unexpected keys (first: fc.weight)"),
+    ]
+
+
+def test_bad_checkpoints_give_one_line_errors(tmp_path):
+    for name, message in _bad_checkpoints(tmp_path):
+        with pytest.raises(CheckpointError) as info:
+            E.Evaluator(tmp_path / name, device="cpu")
+        text = str(info.value)
+        assert message in text and name in text and "\n" not in text, text
+
+
+def test_tolerated_checkpoint_variants(tmp_path):
+    sd = random_state_dict()
+    old = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}  # pre-0.4.1 torchvision
+    torch.save({"model": old, "optimizer": {"lr": 1e-3}}, tmp_path / "old.pth")
+    torch.save({"model": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "dp.pth")
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    want = functional_resnet18(sd, x)
+    for name in ("old.pth", "dp.pth"):
+        torch.testing.assert_close(E.Evaluator(tmp_path / name, device="cpu").probs(x), want, rtol=0, atol=1e-5)
+
+
+def test_course_checkpoint_if_present():
+    if not E.COURSE_CHECKPOINT.is_file():
+        pytest.skip(f"{E.COURSE_CHECKPOINT} is not here (the course's file is not redistributed)")
+    ev = E.Evaluator(E.COURSE_CHECKPOINT, device="cpu")
+    assert ev.probs(torch.zeros(1, 3, 64, 64)).shape == (1, 24)
+
+
+# ---------------------------------------------------------------- CLI evaluate
+def _write_images(folder, n, size=64, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_cli_evaluate(tmp_path, ckpt_path, capsys):
+    sets = [["red cube"], ["blue sphere", "gray cylinder"], ["green cube", "cyan sphere", "yellow cylinder"]]
+    (tmp_path / "labels.json").write_text(json.dumps(sets))
+    _write_images(tmp_path / "images", 3)
+    argv = ["evaluate", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels.json"),
+            "--evaluator", str(ckpt_path), "--device", "cpu"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"^accuracy: (\d\.\d{4}) \((\d+)/6\)$", out, re.M)
+    assert m, out
+    from lab6.data import load_image_folder
+    hits, total = E.Evaluator(ckpt_path, device="cpu").score(load_image_folder(tmp_path / "images", 3), sets)
+    assert (int(m.group(2)), float(m.group(1))) == (hits, round(hits / 6, 4))
+    (tmp_path / "images" / "2.png").unlink()
+    assert cli.main(argv) == 1
+    assert "2.png" in capsys.readouterr().err
+    assert cli.main(argv[:-4] + ["--evaluator", str(tmp_path / "nope.pth")]) == 1
+    assert "nope.pth: evaluator checkpoint not found" in capsys.readouterr().err
+
+
+def test_cli_evaluate_resizes_other_sizes(tmp_path, ckpt_path, capsys):
+    (tmp_path / "labels.json").write_text(json.dumps([["red cube"], ["blue sphere"]]))
+    _write_images(tmp_path / "images", 2, size=32)
+    argv = ["evaluate", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels.json"),
+            "--evaluator", str(ckpt_path), "--device", "cpu"]
+    with pytest.warns(UserWarning, match="resizing to 64x64"):
+        assert cli.main(argv) == 0
+    assert "accuracy: " in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- training
+TINY = dict(epochs=2, batch_size=8, val_images=4, max_minutes=0, threads=1, save_every_minutes=0)
+
+
+def test_augment_keeps_shape_and_range():
+    cfg = E.EvaluatorTrainConfig(round_trip=1.0, blur=1.0, noise=0.0)
+    x = torch.rand(6, 3, 64, 64) * 2 - 1
+    y = E.augment(x, cfg, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.min() >= -1 - 1e-5 and y.max() <= 1 + 1e-5 and not torch.equal(x, y)
+    flat = torch.full((2, 3, 64, 64), 0.25)
+    torch.testing.assert_close(E.augment(flat, cfg, torch.Generator().manual_seed(1)), flat)  # blur keeps means
+
+
+def test_train_evaluator_tiny_resume_and_skip(tmp_path, monkeypatch, capsys):
+    root = write_course_layout(tmp_path / "ds", n=24)
+    cfg = E.EvaluatorTrainConfig(**TINY)
+    ref = E.train_evaluator(root, tmp_path / "ref.pth", cfg, progress=False)
+    ref_ckpt = torch.load(ref, weights_only=True)
+    assert ref_ckpt["complete"] and ref_ckpt["steps"] == 4 and set(ref_ckpt["model"]) == set(E.expected_shapes())
+    E.Evaluator(ref, device="cpu")  # the course format loads
+
+    # Interrupt a run after 3 augment calls (steps 0-2 done), then resume: same weights as the uninterrupted run.
+    calls = {"n": 0}
+    real_augment = E.augment
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_augment(*a, **k)
+
+    monkeypatch.setattr(E, "augment", flaky)
+    out = tmp_path / "ds" / "evaluator.pth"
+    with pytest.raises(KeyboardInterrupt):
+        E.train_evaluator(root, config=cfg, progress=False)
+    assert not out.exists() and torch.load(out.with_name("evaluator.pth.partial"), weights_only=True)["step"] == 3
+    monkeypatch.setattr(E, "augment", real_augment)
+    assert E.train_evaluator(root, config=cfg, progress=False) == out
+    assert "resuming" in capsys.readouterr().out and not out.with_name("evaluator.pth.partial").exists()
+    got = torch.load(out, weights_only=True)
+    for k, v in ref_ckpt["model"].items():
+        torch.testing.assert_close(got["model"][k], v, rtol=0, atol=0, msg=k)
+
+    mtime = out.stat().st_mtime_ns
+    E.train_evaluator(root, config=cfg, progress=False)
+    assert "up to date" in capsys.readouterr().out and out.stat().st_mtime_ns == mtime
+    E.train_evaluator(root, config=cfg, progress=False, force=True)
+    assert out.stat().st_mtime_ns != mtime
+
+
+def test_train_variants_and_config_checks(tmp_path, capsys):
+    root = write_course_layout(tmp_path / "ds", n=24)
+    cfg = E.EvaluatorTrainConfig(**dict(TINY, epochs=1, optimizer="sgd", lr=0.05, channels_last=True,
+                                        resolutions=((1.0, 64),)))
+    out = E.train_evaluator(root, tmp_path / "sgd.pth", cfg, progress=False)
+    ev = E.Evaluator(out, device="cpu")
+    assert all(v.is_contiguous() for v in ev.model.state_dict().values())
+    assert ev.info["config"]["optimizer"] == "sgd" and ev.info["steps"] == 2
+    # threads and the save cadence do not change the network: still up to date
+    capsys.readouterr()
+    E.train_evaluator(root, out, E.EvaluatorTrainConfig(**dict(TINY, epochs=1, optimizer="sgd", lr=0.05,
+                      channels_last=True, resolutions=((1.0, 64),), threads=2, save_every_minutes=5)), progress=False)
+    assert "up to date" in capsys.readouterr().out
+    for bad, message in ((dict(optimizer="adam"), "expected 'adamw' or 'sgd'"),
+                         (dict(resolutions=((0.5, 32),)), "the last until = 1.0"),
+                         (dict(resolutions=((1.0, 8),)), "px >= 16"),
+                         (dict(round_trip=1.5), "round_trip: must be in [0, 1]")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            E.EvaluatorTrainConfig(**bad)
+    assert 1 <= E.idle_cores() <= (os.cpu_count() or 1)
+
+
+def test_cli_train_evaluator(tmp_path, capsys):
+    root = write_course_layout(tmp_path / "ds", n=24)
+    out = tmp_path / "ev.pth"
+    argv = ["train-evaluator", "--data", str(root), "--out", str(out), "--epochs", "1", "--batch-size", "8",
+            "--max-minutes", "0", "--device", "cpu", "--seed", "3"]
+    assert cli.main(argv) == 0
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["config"]["seed"] == 3 and ckpt["config"]["epochs"] == 1 and ckpt["steps"] == 2
+    assert "saved" in capsys.readouterr().out
+    assert cli.main(argv[:-2] + ["--seed", "3"]) == 0 and "up to date" in capsys.readouterr().out
+    assert cli.main(argv + ["--batch-size", "0"]) == 1
+    assert "batch_size: must be >= 1" in capsys.readouterr().err
