@@ -130,7 +130,8 @@ def _profiles() -> dict[str, Config]:
                           validate_num=8, num_threads=1),
         sample=SampleConfig(sampler="ddim", num_steps=10, guidance_scale=2.0, batch_size=64),
     )
-    quick = Config(profile="quick", train=TrainConfig(output_dir="outputs/quick/train", num_threads=2))
+    quick = Config(profile="quick", train=TrainConfig(output_dir="outputs/quick/train", num_threads=2,
+                                                      max_minutes=20.0, validate_every=300))
     full = Config(
         profile="full",
         model=ModelConfig(**_SEED_UNET),

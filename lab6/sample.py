@@ -107,15 +107,30 @@ def sample(pipe: ConditionalDDPMPipeline, labels, sampler: str | None = None, nu
                 output_type="pt")
 
 
-def score(images: torch.Tensor, labels, evaluator: str | os.PathLike | None = None,
-          device: str | None = None) -> tuple[float, int, int] | None:
-    """(accuracy, hits, labels) of the course evaluator, or None (with a warning) when there is no evaluator."""
-    from .errors import CheckpointError as _CE
+def get_evaluator(evaluator=None, data_root: str | os.PathLike | None = None, device: str | None = None):
+    """An Evaluator: the given one, a checkpoint path, the one in data_root, else the default; None (with a
+    one-line warning) when there is none."""
+    from .evaluator import Evaluator, find_evaluator
+    if evaluator is not None and not isinstance(evaluator, (str, os.PathLike)):
+        return evaluator
     try:
-        from .evaluator import Evaluator
-        ev = Evaluator(evaluator, device=device)
-    except _CE as e:
+        try:
+            path = find_evaluator(evaluator, data_root=data_root)
+        except CheckpointError:
+            if evaluator is not None or data_root is None:
+                raise
+            path = find_evaluator()
+        return Evaluator(path, device=device)
+    except CheckpointError as e:
         print(f"warning: accuracy not computed: {e}", file=sys.stderr)
+        return None
+
+
+def score(images: torch.Tensor, labels, evaluator=None, device: str | None = None,
+          data_root: str | os.PathLike | None = None) -> tuple[float, int, int] | None:
+    """(accuracy, hits, labels) of the course evaluator, or None (with a warning) when there is no evaluator."""
+    ev = get_evaluator(evaluator, data_root, device)
+    if ev is None:
         return None
     hits, total = ev.score(images, labels)
     return hits / total, hits, total
@@ -137,6 +152,29 @@ def write_deliverables(images: torch.Tensor, out: str | os.PathLike, name: str) 
     return folder, grid
 
 
+def sample_split(pipe: ConditionalDDPMPipeline, label_sets, out: str | os.PathLike, name: str, evaluator=None,
+                 seed: int = 0, sampler: str | None = None, num_steps: int | None = None,
+                 guidance_scale: float | None = None, batch_size: int | None = 64, progress: bool = False,
+                 data_root: str | os.PathLike | None = None, device: str | None = None, **info) -> dict:
+    """Sample a label file's sets, write <out>/<name>/<i>.png, <out>/<name>_grid.png, <out>/<name>_metrics.json."""
+    set_sampler(pipe, sampler)
+    steps = int(num_steps or pipe.config.default_num_inference_steps)
+    guidance = float(pipe.config.default_guidance_scale if guidance_scale is None else guidance_scale)
+    t0 = time.monotonic()
+    result = sample(pipe, label_sets, num_steps=steps, guidance_scale=guidance, seed=seed,
+                    batch_size=batch_size, progress=progress)
+    seconds = time.monotonic() - t0
+    write_deliverables(result.images, out, name)
+    scored = score(result.images, label_sets, evaluator, device, data_root)
+    metrics = {"accuracy": None if scored is None else round(scored[0], 6),
+               "hits": None if scored is None else scored[1],
+               "labels": None if scored is None else scored[2],
+               "images": len(result.images), "sampler": sampler_name(pipe.scheduler), "steps": steps,
+               "guidance": guidance, "seed": seed, "seconds": round(seconds, 2), **info}
+    write_json(Path(out) / f"{name}_metrics.json", metrics)
+    return metrics
+
+
 def main_sample(args) -> int:
     """`lab6 sample`: sample the label file, write the deliverables and print the accuracy."""
     from .data import read_label_file
@@ -150,24 +188,14 @@ def main_sample(args) -> int:
         raise ConfigError(f"--guidance: must be >= 0 (1 = no guidance), got {args.guidance}")
     if args.batch_size is not None and args.batch_size <= 0:
         raise ConfigError(f"--batch-size: must be > 0, got {args.batch_size}")
+    ensure_writable_dir(args.out)
     pipe = load_pipeline(args.model, args.device)
-    set_sampler(pipe, args.sampler)
-    steps = args.steps or pipe.config.default_num_inference_steps
-    guidance = pipe.config.default_guidance_scale if args.guidance is None else args.guidance
-    t0 = time.monotonic()
-    out = sample(pipe, sets, num_steps=steps, guidance_scale=guidance, seed=args.seed,
-                 batch_size=args.batch_size or 64, progress=not args.no_progress)
-    seconds = time.monotonic() - t0
-    folder, grid = write_deliverables(out.images, args.out, name)
-    result = score(out.images, sets, args.evaluator, args.device)
-    metrics = {"accuracy": None if result is None else round(result[0], 6),
-               "hits": None if result is None else result[1],
-               "labels": None if result is None else result[2],
-               "label_file": str(label_path), "images": len(sets), "model": str(args.model),
-               "sampler": sampler_name(pipe.scheduler), "steps": int(steps), "guidance": float(guidance),
-               "seed": args.seed, "seconds": round(seconds, 2)}
-    write_json(Path(args.out) / f"{name}_metrics.json", metrics)
-    acc = "n/a (no evaluator)" if result is None else f"{result[0]:.4f} ({result[1]}/{result[2]})"
-    print(f"{name}: accuracy {acc}; {len(sets)} images in {folder}, grid {grid} "
-          f"[{metrics['sampler']}, {steps} steps, guidance {guidance:g}, seed {args.seed}, {seconds:.1f} s]")
+    m = sample_split(pipe, sets, args.out, name, evaluator=args.evaluator, seed=args.seed, sampler=args.sampler,
+                     num_steps=args.steps, guidance_scale=args.guidance, batch_size=args.batch_size or 64,
+                     progress=not args.no_progress, data_root=label_path.parent, device=args.device,
+                     label_file=str(label_path), model=str(args.model))
+    acc = "n/a (no evaluator)" if m["accuracy"] is None else f"{m['accuracy']:.4f} ({m['hits']}/{m['labels']})"
+    out = Path(args.out)
+    print(f"{name}: accuracy {acc}; {m['images']} images in {out / name}, grid {out / (name + '_grid.png')} "
+          f"[{m['sampler']}, {m['steps']} steps, guidance {m['guidance']:g}, seed {m['seed']}, {m['seconds']:.1f} s]")
     return 0

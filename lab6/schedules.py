@@ -34,13 +34,16 @@ def make_scheduler(schedule: ScheduleConfig | Mapping | SchedulerMixin | None = 
     """A diffusers scheduler ('ddpm', 'ddim' or 'dpm' = DPM-Solver++(2M)) for a schedule or another scheduler."""
     if sampler not in SAMPLER_CLASSES:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    args = _schedule_kwargs(schedule) | dict(timestep_spacing=timestep_spacing)
+    # Every sampler clips its predicted x0 to [-1, 1]: dynamic thresholding with sample_max_value 1 is exactly that
+    # clip. DPM-Solver++ with squaredcos_cap_v2 and eps-prediction gives pure noise without it (alphas_cumprod[999]
+    # = 2.4e-9 amplifies eps errors; shared FINDINGS). Setting it on all three keeps it through
+    # `OtherScheduler.from_config(pipe.scheduler.config)` swaps.
+    args = _schedule_kwargs(schedule) | dict(timestep_spacing=timestep_spacing, thresholding=True,
+                                             sample_max_value=1.0)
     if sampler in ("ddpm", "ddim"):
-        args |= dict(clip_sample=True, clip_sample_range=1.0)  # predicted x0 clipped to the image range
+        args |= dict(clip_sample=True, clip_sample_range=1.0)
     else:
-        # Predicted x0 clipped to [-1, 1]: with squaredcos_cap_v2 and eps-prediction DPM-Solver++ gives pure
-        # noise without it (alphas_cumprod[999] = 2.4e-9 amplifies eps errors; see shared FINDINGS).
-        args |= dict(algorithm_type="dpmsolver++", solver_order=2, thresholding=True, sample_max_value=1.0)
+        args |= dict(algorithm_type="dpmsolver++", solver_order=2)
     return SAMPLER_CLASSES[sampler](**(args | kwargs))
 
 

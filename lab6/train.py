@@ -22,6 +22,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -284,22 +285,18 @@ class Validator:
         for split in cfg.train.validate_splits:
             if data.label_path(split).exists():
                 self.sets[split] = data.label_sets(split)[:cfg.train.validate_num]
+        self.data_root = data_root
         self.evaluator = None
-        self._warned = False
-        self.evaluator_path = cfg.train.evaluator
-        for name in ("checkpoint.pth", "evaluator.pth"):
-            if self.evaluator_path is None and (data_root / name).is_file():
-                self.evaluator_path = data_root / name
-                break
+        self._tried = False
 
     def _evaluator(self):
-        if self.evaluator is None and not self._warned:
+        if not self._tried:
+            self._tried = True
             try:
-                from .evaluator import Evaluator
-                self.evaluator = Evaluator(self.evaluator_path, device=self.device)
-            except Exception as e:  # noqa: BLE001 - a missing/broken evaluator never stops training
+                from .sample import get_evaluator
+                self.evaluator = get_evaluator(self.cfg.train.evaluator, self.data_root, self.device)
+            except Exception as e:  # noqa: BLE001 - a broken evaluator never stops training
                 print(f"warning: validation accuracy skipped: {str(e).splitlines()[0]}", file=sys.stderr)
-                self._warned = True
         return self.evaluator
 
     @torch.no_grad()
@@ -384,8 +381,12 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, old)
 
 
-def train(cfg: Config, resume: str | None = None, progress: bool = True) -> Path:
-    """Train with `cfg` (optionally resuming 'latest' or a checkpoint path); returns the run folder."""
+def train(cfg: Config, resume: str | None = None, progress: bool = True,
+          callback: Callable[[dict], None] | None = None) -> Path:
+    """Train with `cfg` (optionally resuming 'latest' or a checkpoint path); returns the run folder.
+
+    `callback(record)` gets every metrics.jsonl record (e.g. lab6.plots.LivePlot in a notebook).
+    """
     from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
@@ -422,7 +423,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> Path
                                  num_training_steps=t.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)  # LR scheduler stepped by hand: once per step
     ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=t.ema_decay, use_ema_warmup=t.ema_warmup,
-                   model_cls=ConditionalUNet, model_config=accelerator.unwrap_model(model).config)
+                   foreach=True, model_cls=ConditionalUNet, model_config=accelerator.unwrap_model(model).config)
     rank, world = accelerator.process_index, accelerator.num_processes
     generator = torch.Generator().manual_seed(t.seed * 7919 + 104729 * (rank + 1))
     run = _Run(cfg, out, accelerator, model, ema, optimizer, lr_scheduler, generator)
@@ -491,19 +492,23 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> Path
                         else float(loss_sum / loss_n)  # mean over the window and all processes
                     rec = {"step": step, "loss": round(mean_loss, 6), "lr": lr_scheduler.get_last_lr()[0],
                            "img_per_s": round(ips, 2), "elapsed_s": round(now - t_start, 1)}
+                    if accelerator.device.type == "cuda":
+                        rec["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
                     if main:
-                        _append_metrics(metrics, rec)
+                        _log(metrics, rec, callback)
                         bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{ips:.1f}")
                     t_window, loss_sum, loss_n, win_steps = now, 0.0, 0, 0
                 bar.update(1)
+                pause = time.monotonic()  # checkpoints and validation do not count against img/s
                 if step % t.checkpoint_every == 0 and step < t.max_steps:
                     save_checkpoint(run, step)
                     last_ckpt = step
                 if validator is not None and t.validate_every and step % t.validate_every == 0 \
                         and step < t.max_steps:
-                    _validate(run, validator, step, metrics, bar)
+                    _validate(run, validator, step, metrics, bar, callback)
                 if t.validate_every and step % t.validate_every == 0:
                     accelerator.wait_for_everyone()
+                t_window += time.monotonic() - pause
     except KeyboardInterrupt:
         interrupted = True
         if main:
@@ -516,7 +521,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> Path
             save_checkpoint(run, step)
         export_pipeline(run, out / EXPORT_DIR)
         if validator is not None and step > start_step and not interrupted:
-            _validate(run, validator, step, metrics, None)
+            _validate(run, validator, step, metrics, None, callback)
     accelerator.wait_for_everyone()
     if main:
         print(f"saved {out / f'checkpoint-{step}'} and {out / EXPORT_DIR}", flush=True)
@@ -526,11 +531,17 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> Path
     return out
 
 
-def _validate(run: _Run, validator: Validator, step: int, metrics: Path, bar) -> None:
+def _log(metrics: Path, record: dict, callback) -> None:
+    _append_metrics(metrics, record)
+    if callback is not None:
+        callback(record)
+
+
+def _validate(run: _Run, validator: Validator, step: int, metrics: Path, bar, callback=None) -> None:
     model = run.accelerator.unwrap_model(run.model)
     with ema_weights(model, run.ema):
         rec = validator(model, step, run.out)
-    _append_metrics(metrics, rec)
+    _log(metrics, rec, callback)
     msg = "validation " + ", ".join(f"{k} {v}" for k, v in rec.items())
     (bar.write if bar is not None else print)(msg)
 

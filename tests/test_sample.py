@@ -115,3 +115,26 @@ def test_load_pipeline_errors(tmp_path):
         load_pipeline(tmp_path / "missing")
     with pytest.raises(CheckpointError, match="holds no pipeline"):
         load_pipeline(tmp_path)
+
+
+def test_sample_split_writes_the_deliverables(pipe, tmp_path):
+    from PIL import Image
+
+    from lab6.sample import sample_split
+
+    class CountingEvaluator:  # stands in for lab6.evaluator.Evaluator: pooled hits / labels
+        def score(self, images, labels):
+            assert images.shape == (len(labels), 3, 64, 64)
+            return 2, sum(map(len, labels))
+
+    sets = SETS * 3  # 9 sets: two grid rows
+    m = sample_split(pipe, sets, tmp_path / "images", "test", evaluator=CountingEvaluator(), seed=1,
+                     sampler="dpm", num_steps=3, guidance_scale=1.5)
+    assert (m["accuracy"], m["hits"], m["labels"]) == (round(2 / 18, 6), 2, 18)
+    assert (m["sampler"], m["steps"], m["guidance"], m["seed"]) == ("dpm", 3, 1.5, 1)
+    names = sorted(p.name for p in (tmp_path / "images" / "test").iterdir())
+    assert names == sorted(f"{i}.png" for i in range(9))
+    assert Image.open(tmp_path / "images" / "test" / "8.png").size == (64, 64)
+    assert Image.open(tmp_path / "images" / "test_grid.png").size == (8 * 66 + 2, 2 * 66 + 2)
+    import json
+    assert json.loads((tmp_path / "images" / "test_metrics.json").read_text()) == m

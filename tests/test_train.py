@@ -95,10 +95,12 @@ def test_resume_latest_and_total_limit(tmp_path, dataset):
                 progress=False)
     assert [s for s, _ in list_checkpoints(run)] == [3, 4]
     assert not list(run.glob(".checkpoint-*"))  # no temporary folders left behind
+    seen = []
     train(tiny_cfg(run, dataset, max_steps=5, checkpoint_every=1, checkpoints_total_limit=2), resume="latest",
-          progress=False)
+          progress=False, callback=seen.append)
     assert [s for s, _ in list_checkpoints(run)] == [4, 5]
     assert [m["step"] for m in _metrics(run)] == [1, 2, 3, 4, 5]
+    assert seen == _metrics(run)[-1:]  # the callback sees each new record
 
 
 def test_time_budget_ends_with_checkpoint_and_export(tmp_path, dataset):
