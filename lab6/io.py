@@ -10,6 +10,9 @@ from pathlib import Path
 
 from .errors import Lab6Error
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
     """Create folder `path` if needed and check that files can be written into it."""
@@ -32,6 +35,7 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -68,6 +72,7 @@ def atomic_dir(path: str | os.PathLike):
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700 folders
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -116,3 +116,17 @@ def test_course_label_files(course_labels_dir):
     assert (len(test), len(new_test)) == (32, 32)
     assert (sum(map(len, test)), sum(map(len, new_test))) == (72, 84)
     assert L.encode_batch(new_test).shape == (32, 24)
+
+
+def test_atomic_writes_have_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from lab6.io import atomic_dir, write_json
+    write_json(tmp_path / "a.json", {"x": 1})
+    with atomic_dir(tmp_path / "d") as d:
+        (d / "f").write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~umask
