@@ -407,6 +407,10 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
     if main:
         ensure_writable_dir(out)
     accelerator.wait_for_everyone()
+    ckpt = resolve_resume(resume, out)
+    if resume is None and latest_checkpoint(out) is not None:
+        raise CheckpointError(f"{out}: holds {latest_checkpoint(out).name} from an earlier run; resume it "
+                              f"(--resume latest, or resume='latest') or choose another output folder")
 
     data_root = Path(t.data_root) if t.data_root else default_data_root()
     ds = IclevrDataset(data_root, resolution=cfg.model.sample_size)
@@ -429,7 +433,6 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
     run = _Run(cfg, out, accelerator, model, ema, optimizer, lr_scheduler, generator)
 
     step = 0
-    ckpt = resolve_resume(resume, out)
     if ckpt is not None:
         step = load_checkpoint(run, ckpt)
         if main:

@@ -103,6 +103,13 @@ def test_resume_latest_and_total_limit(tmp_path, dataset):
     assert seen == _metrics(run)[-1:]  # the callback sees each new record
 
 
+def test_a_fresh_run_does_not_mix_with_an_old_one(tmp_path, dataset):
+    from lab6.errors import CheckpointError
+    run = train(tiny_cfg(tmp_path / "o", dataset, max_steps=1), progress=False)
+    with pytest.raises(CheckpointError, match="checkpoint-1 from an earlier run"):
+        train(tiny_cfg(run, dataset, max_steps=2), progress=False)
+
+
 def test_time_budget_ends_with_checkpoint_and_export(tmp_path, dataset):
     run = train(tiny_cfg(tmp_path / "t", dataset, max_steps=1000, max_minutes=1e-9), progress=False)
     assert [s for s, _ in list_checkpoints(run)] == [0]
