@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"evaluator: {ev.path} on {ev.device}; load average now {os.getloadavg()[0]:.2f}")
     if "train_seconds" in info:
         cfg = info.get("config", {})
-        print(f"training: {info['train_seconds'] / 60:.1f} min wall, {info['steps']} steps "
+        print(f"training: {info['train_seconds'] / 60:.1f} min wall, width {info.get('train_width', 64)}, "
+              f"{info['steps']} steps "
               f"({info['epochs_done']:.2f} epochs of batch {cfg.get('batch_size')}), on {info.get('device')} "
               f"with {info.get('torch_threads')} threads, load average {info.get('load_avg_start', [-1])[0]:.2f} "
               f"at start, {info.get('load_avg_end', [-1])[0]:.2f} at end")

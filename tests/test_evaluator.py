@@ -143,6 +143,20 @@ def random_labels(n, g, max_k=3):
 
 
 # ---------------------------------------------------------------- architecture
+@pytest.mark.parametrize("width", [8, 16])
+def test_narrow_network_widens_to_the_course_layout(width):
+    sd = {k: v for k, v in random_state_dict(seed=width).items()}
+    narrow = E.ResNet18(width=width)
+    narrow.load_state_dict({k: v[tuple(slice(0, n) for n in narrow.state_dict()[k].shape)]
+                            for k, v in sd.items()})
+    wide = E.widen_state_dict(narrow.state_dict())
+    assert [(k, tuple(v.shape)) for k, v in wide.items()] == TORCHVISION_KEYS
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(functional_resnet18(wide, x), narrow.eval()(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(functional_resnet18(wide, x, training=True), narrow.train()(x), rtol=0, atol=1e-5)
+
+
 def test_state_dict_matches_torchvision_layout():
     assert len(TORCHVISION_KEYS) == 122
     got = [(k, tuple(v.shape)) for k, v in E.ResNet18().state_dict().items()]
@@ -374,12 +388,42 @@ def test_augment_keeps_shape_and_range():
     torch.testing.assert_close(E.augment(flat, cfg, torch.Generator().manual_seed(1)), flat)  # blur keeps means
 
 
+def _floor_scene(squares, size=64):
+    """A uint8 image (3, H, W): a shaded gray floor with coloured squares (row, col, side, rgb)."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    img = (150 + 0.6 * yy - 0.3 * xx).float()[None].repeat(3, 1, 1)
+    for r, c, side, rgb in squares:
+        img[:, r:r + side, c:c + side] = torch.tensor(rgb, dtype=torch.float)[:, None, None]
+    return img.round().clamp(0, 255).to(torch.uint8)
+
+
+def test_object_masks_and_paste():
+    images = torch.stack([_floor_scene([(10, 10, 8, (200, 30, 30))]), _floor_scene([(40, 40, 6, (30, 30, 200))]),
+                          _floor_scene([(12, 12, 8, (30, 200, 30))]), _floor_scene([])])
+    masks = E.object_masks(images)
+    want = torch.zeros(64, 64, dtype=torch.bool)
+    want[9:19, 9:19] = True  # the 8x8 square, dilated by one pixel
+    assert torch.equal(masks[0], want) and masks[3].sum() == 0
+    labels = L.encode_batch([["red cube"], ["blue sphere"], ["green cube"], ["gray cube"]])
+    x = images.float() / 127.5 - 1
+    donors = torch.tensor([0])  # the red square
+    g = torch.Generator().manual_seed(0)
+    x2, y2 = E.paste_objects(x, labels, masks, donors, images, labels, masks, 1.0, g)
+    assert L.decode(y2) == [["red cube"], ["red cube", "blue sphere"], ["green cube"], ["gray cube", "red cube"]]
+    torch.testing.assert_close(x2[1][:, 9:19, 9:19], x[0][:, 9:19, 9:19])  # pasted where the donor had it
+    torch.testing.assert_close(x2[1][:, 40:46, 40:46], x[1][:, 40:46, 40:46])  # nothing hidden
+    assert torch.equal(x2[2], x[2]) and torch.equal(x2[0], x[0])  # would hide the green square; already red
+    x3, y3 = E.paste_objects(x, labels, masks, donors, images, labels, masks, 0.0, g)
+    assert torch.equal(x3, x) and torch.equal(y3, labels)
+
+
 def test_train_evaluator_tiny_resume_and_skip(tmp_path, monkeypatch, capsys):
     root = write_course_layout(tmp_path / "ds", n=24)
     cfg = E.EvaluatorTrainConfig(**TINY)
     ref = E.train_evaluator(root, tmp_path / "ref.pth", cfg, progress=False)
     ref_ckpt = torch.load(ref, weights_only=True)
     assert ref_ckpt["complete"] and ref_ckpt["steps"] == 4 and set(ref_ckpt["model"]) == set(E.expected_shapes())
+    assert ref_ckpt["train_width"] == ref_ckpt["config"]["width"] == 16  # auto width on a CPU
     E.Evaluator(ref, device="cpu")  # the course format loads
 
     # Interrupt a run after 3 augment calls (steps 0-2 done), then resume: same weights as the uninterrupted run.
@@ -427,7 +471,8 @@ def test_train_variants_and_config_checks(tmp_path, capsys):
     for bad, message in ((dict(optimizer="adam"), "expected 'adamw' or 'sgd'"),
                          (dict(resolutions=((0.5, 32),)), "the last until = 1.0"),
                          (dict(resolutions=((1.0, 8),)), "px >= 16"),
-                         (dict(round_trip=1.5), "round_trip: must be in [0, 1]")):
+                         (dict(round_trip=1.5), "round_trip: must be in [0, 1]"),
+                         (dict(width=65), "width: must be in 1..64")):
         with pytest.raises(ConfigError, match=re.escape(message)):
             E.EvaluatorTrainConfig(**bad)
     assert 1 <= E.idle_cores() <= (os.cpu_count() or 1)
@@ -437,10 +482,12 @@ def test_cli_train_evaluator(tmp_path, capsys):
     root = write_course_layout(tmp_path / "ds", n=24)
     out = tmp_path / "ev.pth"
     argv = ["train-evaluator", "--data", str(root), "--out", str(out), "--epochs", "1", "--batch-size", "8",
-            "--max-minutes", "0", "--device", "cpu", "--seed", "3"]
+            "--max-minutes", "0", "--width", "8", "--device", "cpu", "--seed", "3"]
     assert cli.main(argv) == 0
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["config"]["seed"] == 3 and ckpt["config"]["epochs"] == 1 and ckpt["steps"] == 2
+    assert ckpt["train_width"] == 8 and ckpt["model"]["fc.0.weight"].shape == (24, 512)
+    E.Evaluator(out, device="cpu")
     assert "saved" in capsys.readouterr().out
     assert cli.main(argv[:-2] + ["--seed", "3"]) == 0 and "up to date" in capsys.readouterr().out
     assert cli.main(argv + ["--batch-size", "0"]) == 1
