@@ -189,6 +189,11 @@ def _coerce(section: str, f: dataclasses.Field, value, where: str):
             raise ConfigError(f"{name}: expected an integer, got {value!r}")
         return value
     if base == "float":
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name}: expected a number, got {value!r}")
         return float(value)
@@ -234,6 +239,9 @@ def validate_config(cfg: Config, where: str = "") -> Config:
                     ("schedule.num_train_timesteps", s.num_train_timesteps)):
         if v <= 0:
             bad(name, f"must be > 0, got {v}")
+    for name, v in (("train.seed", t.seed), ("sample.seed", p.seed)):
+        if not 0 <= v < 2**32:
+            bad(name, f"must be in 0..{2**32 - 1}, got {v}")
     if t.lr <= 0:
         bad("train.lr", f"must be > 0, got {t.lr}")
     if t.max_minutes is not None and t.max_minutes <= 0:
@@ -314,8 +322,13 @@ def read_yaml(path: str | os.PathLike) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the config file ({getattr(e, 'strerror', None) or e}); "
+                          f"expected a YAML file like configs/tiny.yaml") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e).splitlines()[0]
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML ({at}{problem})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -141,11 +141,23 @@ class CourseData:
         return f"CourseData({str(self.root)!r}, train={len(self.train)}, splits={self.splits()})"
 
 
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB; 16/32-bit and float greyscale are scaled, not clipped, to 0..255."""
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        a = np.asarray(im).astype(np.float64)
+        if im.mode == "F" and a.size and a.max() <= 1.0:
+            a = a * 255.0  # float images in [0, 1]
+        elif im.mode.startswith("I;16") or (a.size and a.max() > 255):
+            a = a / 257.0  # 16-bit: 65535 -> 255
+        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))  # mode L
+    return im.convert("RGB")
+
+
 def load_image(path: str | os.PathLike, resolution: int = 64) -> np.ndarray:
     """Read any image as uint8 RGB (R, R, 3), resized with antialiasing when its size differs."""
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = _to_rgb(im)
             if im.size != (resolution, resolution):
                 im = im.resize((resolution, resolution), Image.Resampling.BICUBIC, reducing_gap=None)
             return np.asarray(im, dtype=np.uint8).copy()

@@ -23,7 +23,7 @@ from torch import nn
 
 from . import labels as L
 from .errors import CheckpointError, ConfigError, DataError, LabelError
-from .io import atomic_path
+from .io import atomic_path, check_writable_dir
 
 RESOLUTION = 64  # the course evaluator's input side
 COURSE_CHECKPOINT = Path("data") / "iclevr" / "checkpoint.pth"
@@ -644,6 +644,7 @@ def train_evaluator(data: str | os.PathLike, out: str | os.PathLike | None = Non
         cfg.width = 64 if dev.type == "cuda" else 16
     if out.is_dir():
         raise ConfigError(f"{out}: is a folder; --out takes the checkpoint's file path, e.g. {out / 'evaluator.pth'}")
+    check_writable_dir(out.parent)  # before training, not after it
     course = CourseData(root)
     key, cfg_dict = _data_key(course.root, len(course.train)), _config_dict(cfg)
 

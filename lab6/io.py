@@ -14,15 +14,41 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _not_a_folder(path: Path) -> Path | None:
+    """The first of `path` and its parents that exists but is not a folder, else None."""
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
+def check_writable_dir(path: str | os.PathLike) -> Path:
+    """Check that folder `path` exists or could be created, and is writable, without creating anything."""
+    path = Path(path)
+    blocker = _not_a_folder(path)
+    if blocker is not None:
+        what = "is a file, not a folder" if blocker == path else f"cannot be created: {blocker} is a file"
+        raise Lab6Error(f"{path}: output folder {what}; choose another output folder")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    try:
+        probe = tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-", delete=True)
+        probe.close()
+    except OSError as e:
+        raise Lab6Error(f"{path}: output folder is not writable ({e.strerror or e}); "
+                        f"choose another output folder") from None
+    return path
+
+
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
     """Create folder `path` if needed and check that files can be written into it."""
-    path = Path(path)
+    path = check_writable_dir(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True)
         probe.close()
     except OSError as e:
-        raise Lab6Error(f"{path}: output folder is not writable ({e.strerror or e})") from None
+        raise Lab6Error(f"{path}: output folder is not writable ({e.strerror or e}); "
+                        f"choose another output folder") from None
     return path
 
 

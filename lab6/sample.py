@@ -20,7 +20,7 @@ import torch
 
 from .config import SAMPLERS, check_device
 from .errors import CheckpointError, ConfigError
-from .io import atomic_dir, ensure_writable_dir, save_image, write_json
+from .io import atomic_dir, check_writable_dir, ensure_writable_dir, save_image, write_json
 from .pipeline import ConditionalDDPMPipeline, ConditionalDDPMPipelineOutput
 from .schedules import make_scheduler, sampler_name
 
@@ -70,8 +70,14 @@ def load_pipeline(model: str | os.PathLike, device: str | None = None) -> Condit
             pipe = _pipeline_from_checkpoint(path)
     except CheckpointError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: cannot load the model ({str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # noqa: BLE001 - a cut or foreign folder fails in many ways inside diffusers
+        text = str(e).strip().splitlines()
+        raise CheckpointError(f"{path}: cannot load the model ({type(e).__name__}: "
+                              f"{text[0][:200] if text else ''}); is it a folder written by `lab6 train`?") from None
+    from .model import ConditionalUNet
+    if not isinstance(pipe.unet, ConditionalUNet):
+        raise CheckpointError(f"{path}: holds a {type(pipe.unet).__name__}, not lab6's label-conditioned "
+                              f"ConditionalUNet; pass a folder written by `lab6 train`")
     pipe.unet.eval()
     check_device(device, "device")
     return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -181,6 +187,8 @@ def main_sample(args) -> int:
     label_path = Path(args.labels)
     sets = read_label_file(label_path)
     name = args.name or label_path.stem
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise ConfigError(f"--name {name!r}: expected a plain name such as 'test' (no folders)")
     check_device(args.device, "--device")
     if args.steps is not None and args.steps <= 0:
         raise ConfigError(f"--steps: must be > 0, got {args.steps}")
@@ -188,9 +196,20 @@ def main_sample(args) -> int:
         raise ConfigError(f"--guidance: must be >= 0 (1 = no guidance), got {args.guidance}")
     if args.batch_size is not None and args.batch_size <= 0:
         raise ConfigError(f"--batch-size: must be > 0, got {args.batch_size}")
-    ensure_writable_dir(args.out)
+    if not 0 <= args.seed <= 2**32 - len(sets):
+        raise ConfigError(f"--seed: must be in 0..{2**32 - len(sets)} (image i uses seed + i), got {args.seed}")
+    check_writable_dir(args.out)
+    # Everything is loaded and checked before the output folder is created: a bad input leaves nothing behind.
     pipe = load_pipeline(args.model, args.device)
-    m = sample_split(pipe, sets, args.out, name, evaluator=args.evaluator, seed=args.seed, sampler=args.sampler,
+    limit = pipe.scheduler.config.num_train_timesteps
+    if args.steps is not None and args.steps > limit:
+        raise ConfigError(f"--steps: must be at most the model's {limit} training timesteps, got {args.steps}")
+    evaluator = args.evaluator
+    if evaluator is not None:  # named explicitly: a bad one is an error, not a skipped score
+        from .evaluator import Evaluator
+        evaluator = Evaluator(evaluator, device=args.device)
+    ensure_writable_dir(args.out)
+    m = sample_split(pipe, sets, args.out, name, evaluator=evaluator, seed=args.seed, sampler=args.sampler,
                      num_steps=args.steps, guidance_scale=args.guidance, batch_size=args.batch_size or 64,
                      progress=not args.no_progress, data_root=label_path.parent, device=args.device,
                      label_file=str(label_path), model=str(args.model))

@@ -24,7 +24,7 @@ from PIL import Image
 
 from . import labels as L
 from .errors import ConfigError, DataError, LabelError
-from .io import ensure_writable_dir, write_bytes, write_json
+from .io import check_writable_dir, ensure_writable_dir, write_bytes, write_json
 
 RENDER_VERSION = 1  # bump when the renderer's output changes; a folder rendered by another version is refused
 F32 = np.float32
@@ -826,7 +826,7 @@ def write_dataset(out: str | os.PathLike, scenes: int = 6000, seed: int = 0, siz
     like_path = Path(like) if like is not None else None
     if like_path is None:
         scenes = _check_int("scenes", scenes, 1, "render at least 1 scene (each gives 3 images)")
-    out = ensure_writable_dir(out)
+    check_writable_dir(out)  # created only once the plan below has checked every input
 
     # plan: label sets and jobs
     if like_path is not None:
@@ -860,6 +860,7 @@ def write_dataset(out: str | os.PathLike, scenes: int = 6000, seed: int = 0, siz
             jobs.append(_Job((_S_GT, si, i), list(labels), [(f"{split}_gt/{i}.png", len(labels) - 1)]))
 
     # refuse to mix renders made with other options into one folder
+    out = ensure_writable_dir(out)
     state_path = out / ".synth.json"
     state = _state(seed, cfg, None if like_path else scenes, like_path)
     if state_path.exists():

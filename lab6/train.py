@@ -32,12 +32,15 @@ import torch.nn.functional as F
 
 from .config import Config, check_device, config_from_dict, load_config, read_yaml, to_yaml
 from .errors import CheckpointError, ConfigError, DataError
-from .io import ensure_writable_dir, write_json, write_text
+from .io import check_writable_dir, ensure_writable_dir, write_json, write_text
 from .model import ConditionalUNet, build_model, count_parameters
 from .schedules import make_scheduler, q_sample, snr, v_target
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 EXPORT_DIR = "pipeline"
+# Files of every checkpoint-<step>/ (state.json, written last, also lists each file's size).
+CHECKPOINT_FILES = ("model/config.json", "model/diffusion_pytorch_model.safetensors", "ema/config.json",
+                    "ema/diffusion_pytorch_model.safetensors", "optimizer.pt", "lr_scheduler.pt")
 
 
 # ---------------------------------------------------------------- Algorithm 1
@@ -117,10 +120,70 @@ def list_checkpoints(folder: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
-    """The newest checkpoint-<step>/ in folder, or None."""
-    found = list_checkpoints(folder)
-    return found[-1][1] if found else None
+def checkpoint_problem(ckpt: str | os.PathLike) -> str | None:
+    """Why checkpoint folder `ckpt` cannot be resumed (a missing or truncated file), or None when it is complete."""
+    ckpt = Path(ckpt)
+    try:
+        state = json.loads((ckpt / "state.json").read_text())
+    except FileNotFoundError:
+        return "no state.json"
+    except (OSError, ValueError) as e:
+        return f"state.json unreadable ({e})"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return "state.json holds no step"
+    files = state.get("files") or dict.fromkeys(CHECKPOINT_FILES)  # checkpoints from before the size list
+    if not isinstance(files, dict):
+        return "state.json's file list is malformed"
+    for rel, size in files.items():
+        f = ckpt / rel
+        try:
+            have = f.stat().st_size if f.is_file() else None
+        except OSError:  # removed while we looked
+            have = None
+        if have is None:
+            return f"{rel} is missing"
+        if size is not None and have != size:
+            return f"{rel} has {have} bytes, {size} were written"
+    return None
+
+
+def latest_checkpoint(folder: str | os.PathLike, warn: bool = True) -> Path | None:
+    """The newest complete checkpoint-<step>/ in folder, or None; incomplete ones are skipped with a warning."""
+    for _, p in reversed(list_checkpoints(folder)):
+        problem = checkpoint_problem(p)
+        if problem is None:
+            return p
+        if warn:
+            print(f"warning: skipping {p}: incomplete ({problem}); using an earlier checkpoint", file=sys.stderr)
+    return None
+
+
+def _checkpoint_dirs(folder: Path) -> list[Path]:
+    """Every checkpoint-<step>/ folder, complete or not, oldest first."""
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if CHECKPOINT_RE.match(p.name) and p.is_dir()),
+                  key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
+
+
+def repair_partial_saves(out: Path) -> None:
+    """Clean up after a hard kill during a save: restore a replaced checkpoint, delete temporary folders."""
+    if not out.is_dir():
+        return
+    for old in sorted(out.glob(".checkpoint-*.old")):
+        final = out / old.name[1:-len(".old")]
+        if not final.exists() and checkpoint_problem(old) is None:  # killed between the two renames
+            print(f"warning: restoring {final.name} from {old.name} (a save was interrupted)", file=sys.stderr)
+            os.replace(old, final)
+    export, old_export = out / EXPORT_DIR, out / f".{EXPORT_DIR}.old"
+    if old_export.is_dir() and not export.exists():
+        print(f"warning: restoring {EXPORT_DIR}/ from {old_export.name} (an export was interrupted)", file=sys.stderr)
+        os.replace(old_export, export)
+    for tmp in [*sorted(out.glob(".checkpoint-*.tmp")), *sorted(out.glob(".checkpoint-*.old")),
+                *sorted(out.glob(".checkpoint-*.del")),
+                *sorted(out.glob(f".{EXPORT_DIR}.*.tmp")), *sorted(out.glob(f".{EXPORT_DIR}.old"))]:
+        print(f"warning: removing {tmp.name}, left by a save that was interrupted", file=sys.stderr)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _rng_state(generator: torch.Generator) -> dict:
@@ -169,12 +232,13 @@ def save_checkpoint(run: "_Run", step: int) -> Path:
             model.save_pretrained(tmp / "ema")
         torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(run.lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
-        write_json(tmp / "state.json", {"step": step, "ema": _ema_scalars(run.ema),
-                                        "num_processes": acc.num_processes, "config": run.cfg.to_dict()})
     acc.wait_for_everyone()
     torch.save(_rng_state(run.generator), tmp / f"random_states_{acc.process_index}.pt")
     acc.wait_for_everyone()
     if acc.is_main_process:
+        files = {f.relative_to(tmp).as_posix(): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+        write_json(tmp / "state.json", {"step": step, "ema": _ema_scalars(run.ema), "num_processes": acc.num_processes,
+                                        "config": run.cfg.to_dict(), "files": files})  # last: all else is written
         if final.exists():
             old = out / f".checkpoint-{step}.old"
             shutil.rmtree(old, ignore_errors=True)
@@ -184,9 +248,12 @@ def save_checkpoint(run: "_Run", step: int) -> Path:
         else:
             os.replace(tmp, final)
         limit = run.cfg.train.checkpoints_total_limit
-        if limit:
-            for _, p in list_checkpoints(out)[:-limit]:
-                shutil.rmtree(p, ignore_errors=True)
+        if limit:  # incomplete ones (a cut copy) do not count: the newest complete ones are kept
+            complete = [p for _, p in list_checkpoints(out) if checkpoint_problem(p) is None]
+            for p in complete[:-limit]:
+                gone = out / f".{p.name}.del"  # renamed first: a kill during rmtree leaves no half checkpoint
+                os.replace(p, gone)
+                shutil.rmtree(gone, ignore_errors=True)
     acc.wait_for_everyone()
     return final
 
@@ -196,17 +263,55 @@ def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
     f = folder / "diffusion_pytorch_model.safetensors"
     if not f.is_file():
         raise CheckpointError(f"{folder}: no diffusion_pytorch_model.safetensors (incomplete checkpoint?)")
-    return load_file(str(f))
+    try:
+        return load_file(str(f))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a cut file
+        raise CheckpointError(f"{f}: truncated or not a safetensors file ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:160]}" if lines else type(e).__name__
+
+
+def _torch_load(f: Path, **kwargs):
+    """torch.load whose failures name the file."""
+    try:
+        return torch.load(f, **kwargs)
+    except FileNotFoundError:
+        raise CheckpointError(f"{f}: missing (incomplete checkpoint?)") from None
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, ...
+        raise CheckpointError(f"{f}: truncated or not a PyTorch file ({_first_line(e)})") from None
 
 
 def read_state(ckpt: Path) -> dict:
     """state.json of a checkpoint folder."""
     try:
-        return json.loads((ckpt / "state.json").read_text())
+        state = json.loads((ckpt / "state.json").read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{ckpt}: not a checkpoint folder (no state.json)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{ckpt}/state.json: cannot read ({e})") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{ckpt}/state.json: corrupt ({e.msg})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{ckpt}/state.json: expected {{\"step\": N, ...}} as lab6 train writes it")
+    return state
+
+
+def check_compatible(ckpt: Path, cfg: Config) -> None:
+    """Raise CheckpointError when a checkpoint's model or noise schedule differs from cfg's (before any loading)."""
+    saved = read_state(ckpt).get("config")
+    if not isinstance(saved, dict):
+        return  # no saved config: the weights' shapes are still checked when loading
+    now = cfg.to_dict()
+    diffs = [f"{sec}.{key}" for sec in ("model", "schedule") for key, value in now[sec].items()
+             if isinstance(saved.get(sec), dict) and saved[sec].get(key, value) != value]
+    if diffs:
+        was = saved.get("profile", "?")
+        raise CheckpointError(f"{ckpt}: trained with another {', '.join(diffs[:4])} (profile {was!r}, now "
+                              f"{cfg.profile!r}); resume with --profile {was} and the --config it was trained "
+                              f"with, or start a new run in another --out")
 
 
 def load_checkpoint(run: "_Run", ckpt: Path) -> int:
@@ -222,11 +327,16 @@ def load_checkpoint(run: "_Run", ckpt: Path) -> int:
         raise CheckpointError(f"{ckpt}: weights do not match this profile's model "
                               f"({str(e).splitlines()[0][:160]}); resume with the same --profile/--config") from None
     run.ema.load_state_dict({**state["ema"], "shadow_params": shadow})
-    run.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=dev, weights_only=True))
-    run.lr_scheduler.load_state_dict(torch.load(ckpt / "lr_scheduler.pt", weights_only=False))
+    optimizer = _torch_load(ckpt / "optimizer.pt", map_location=dev, weights_only=True)
+    lr_scheduler = _torch_load(ckpt / "lr_scheduler.pt", weights_only=False)
+    try:
+        run.optimizer.load_state_dict(optimizer)
+        run.lr_scheduler.load_state_dict(lr_scheduler)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{ckpt}: optimizer state does not match this model ({_first_line(e)})") from None
     rng = ckpt / f"random_states_{acc.process_index}.pt"
     if rng.is_file():
-        _set_rng_state(torch.load(rng, weights_only=False), run.generator)
+        _set_rng_state(_torch_load(rng, weights_only=False), run.generator)
     else:
         print(f"warning: {rng} missing (different number of processes?); this process's noise is reseeded",
               file=sys.stderr)
@@ -236,18 +346,23 @@ def load_checkpoint(run: "_Run", ckpt: Path) -> int:
     return int(state["step"])
 
 
-def resolve_resume(resume: str | None, out: Path) -> Path | None:
-    """'latest' -> newest checkpoint in out (None if there is none); a path -> that checkpoint folder."""
+def resolve_resume(resume: str | None, out: Path, warn: bool = True) -> Path | None:
+    """'latest' -> newest complete checkpoint in out (None if there is none); a path -> that checkpoint folder."""
     if resume is None:
         return None
     if resume == "latest":
-        return latest_checkpoint(out)
+        return latest_checkpoint(out, warn)
     p = Path(resume)
+    if not p.exists():
+        raise CheckpointError(f"{p}: checkpoint not found; pass --resume latest or a checkpoint-<step>/ folder")
     if not (p / "state.json").is_file():
-        latest = latest_checkpoint(p)
+        latest = latest_checkpoint(p, warn)
         if latest is None:
-            raise CheckpointError(f"{p}: not a checkpoint-<step>/ folder nor a run folder holding one")
+            raise CheckpointError(f"{p}: not a checkpoint-<step>/ folder nor a run folder holding a complete one")
         return latest
+    problem = checkpoint_problem(p)
+    if problem is not None:
+        raise CheckpointError(f"{p}: incomplete or corrupt checkpoint ({problem}); resume from an earlier one")
     return p
 
 
@@ -404,15 +519,20 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mp)
     main = accelerator.is_main_process
     out = Path(t.output_dir)
+    # Every input is checked before the output folder is created, so a bad one leaves nothing behind.
     if main:
-        ensure_writable_dir(out)
+        check_writable_dir(out)
+        repair_partial_saves(out)
     accelerator.wait_for_everyone()
-    ckpt = resolve_resume(resume, out)
-    if resume is None and latest_checkpoint(out) is not None:
-        raise CheckpointError(f"{out}: holds {latest_checkpoint(out).name} from an earlier run; resume it "
+    ckpt = resolve_resume(resume, out, warn=main)
+    if resume is None and _checkpoint_dirs(out):
+        raise CheckpointError(f"{out}: holds {_checkpoint_dirs(out)[-1].name} from an earlier run; resume it "
                               f"(--resume latest, or resume='latest') or choose another output folder")
+    if ckpt is not None:
+        check_compatible(ckpt, cfg)
 
     data_root = Path(t.data_root) if t.data_root else default_data_root()
+    validator = Validator(cfg, data_root, accelerator.device) if main and t.validate_num > 0 else None
     ds = IclevrDataset(data_root, resolution=cfg.model.sample_size)
     if len(ds) == 0:
         raise DataError(f"{data_root}: no training images")
@@ -441,13 +561,14 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
         print(f"no checkpoint in {out}; starting a new run", flush=True)
     metrics = out / "metrics.jsonl"
     if main:
+        ensure_writable_dir(out)  # only now: every input has been checked
         _truncate_metrics(metrics, step)
         write_text(out / "config.yaml", to_yaml(cfg))
+    accelerator.wait_for_everyone()
 
     ac = noise_scheduler.alphas_cumprod.to(accelerator.device, torch.float32)  # (T,)
     order = BatchOrder(len(ds), t.seed)
     gbs = t.batch_size * world
-    validator = Validator(cfg, data_root, accelerator.device) if main and t.validate_num > 0 else None
     if main:
         n = count_parameters(accelerator.unwrap_model(model))
         print(f"profile {cfg.profile}: {n / 1e6:.2f} M parameters, {len(ds)} images at {cfg.model.sample_size}px, "
@@ -590,5 +711,5 @@ def load_run_config(folder: str | os.PathLike) -> Config:
 
 
 __all__ = ["train", "main_train", "diffusion_loss", "BatchOrder", "save_checkpoint", "load_checkpoint",
-           "latest_checkpoint", "list_checkpoints", "export_pipeline", "build_pipeline", "ema_weights",
-           "load_run_config", "EXPORT_DIR"]
+           "latest_checkpoint", "list_checkpoints", "checkpoint_problem", "check_compatible", "export_pipeline",
+           "build_pipeline", "ema_weights", "load_run_config", "EXPORT_DIR"]
