@@ -29,10 +29,18 @@ def problems(nb, name: str = "notebook") -> list[str]:
     if len(params) != 1:
         out.append(f"{name}: expected exactly one cell tagged 'parameters', found {len(params)}")
     else:
-        for node in ast.parse(params[0].source).body:
+        body = ast.parse(params[0].source).body
+        for node in body:
             if not (isinstance(node, ast.Assign) and _is_literal(node.value)):
                 out.append(f"{name}: the parameters cell may hold only `name = literal` lines "
                            f"(line {node.lineno})")
+        from papermill.translators import papermill_translators
+        seen = {p.name for p in papermill_translators.find_translator("python", "python").inspect(params[0])}
+        for node in body:
+            for target in getattr(node, "targets", []):
+                if isinstance(target, ast.Name) and target.id not in seen:
+                    out.append(f"{name}: papermill cannot parse the parameter line of {target.id!r} "
+                               f"(quotes in its comment?)")
     for i, c in enumerate(nb.cells):
         if c.cell_type != "code":
             continue
@@ -59,10 +67,7 @@ def strip(nb, executed=None):
         if is_checked(c) and executed is not None:
             src = executed.cells[_match(executed, c.source)]
             c.outputs = [o for o in src.outputs if o.get("output_type") != "display_data"]
-            c.execution_count = None
-            for o in c.outputs:
-                if o.get("output_type") == "execute_result":
-                    o["execution_count"] = None
+            c.execution_count = src.execution_count  # nbval treats a cell without one as never run
         elif not is_checked(c):
             c.outputs, c.execution_count = [], None
         c.metadata.pop("execution", None)

@@ -1,0 +1,138 @@
+"""The workbook end to end: `lab6 run --profile tiny` on a tiny rendered dataset, and nbval on the notebooks."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from PIL import Image
+
+from lab6.errors import Lab6Error
+from lab6.run import NOTEBOOK_DIR, NOTEBOOKS
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A 12-scene synthetic dataset with a tiny (quickly trained) evaluator beside it."""
+    from lab6.evaluator import EvaluatorTrainConfig, train_evaluator
+    from lab6.synth import write_dataset
+
+    root = tmp_path_factory.mktemp("tiny") / "ds"
+    write_dataset(root, scenes=12, seed=0, workers=1, progress=False)
+    train_evaluator(root, config=EvaluatorTrainConfig(epochs=1, width=4, max_minutes=0.5, val_images=4,
+                                                       batch_size=16, threads=1), progress=False)
+    return root
+
+
+def lab6_cli(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "lab6", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=_env())
+
+
+def _env():
+    import os
+    return dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    run_dir = tmp_path_factory.mktemp("run") / "tiny"
+    r = lab6_cli("run", "--profile", "tiny", "--data-root", str(tiny_data), "--out", str(run_dir), "--device", "cpu")
+    return run_dir, r
+
+
+def test_run_writes_every_deliverable(tiny_run):
+    run_dir, r = tiny_run
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    for name in NOTEBOOKS:
+        assert f"{name}: done" in r.stdout
+        nb = nbformat.read(run_dir / "notebooks" / name, as_version=4)
+        assert not nb.metadata["papermill"]["exception"] and nb.metadata["papermill"]["end_time"]
+    for split in ("test", "new_test"):
+        images = sorted((run_dir / "images" / split).glob("*.png"))
+        assert len(images) == 32 and Image.open(images[0]).size == (64, 64)
+        assert Image.open(run_dir / "images" / f"{split}_grid.png").size == (8 * 66 + 2, 4 * 66 + 2)
+    assert Image.open(run_dir / "denoising.png").size[0] > 8 * 64
+    report = (run_dir / "report.html").read_text()
+    assert "Accuracy" in report and report.count("<img") >= 3 and "record_metrics(" not in report
+
+
+def test_run_metrics_are_recorded_and_consistent(tiny_run, tiny_data):
+    run_dir, r = tiny_run
+    assert r.returncode == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["01_data"]["train_images"] == 36
+    assert m["01_data"]["splits"]["unseen_test"]["unseen_pairs"] > 0
+    assert m["01_data"]["splits"]["new_test"]["repeated_colour"] + m["01_data"]["splits"]["new_test"]["repeated_shape"] >= 32
+    assert m["03_training"]["steps"] == 20 and m["03_training"]["final_loss"] > 0
+    for split in ("test", "new_test", "unseen_test"):
+        d = m["04_sampling"]["deliverables"][split]
+        assert 0 <= d["hits"] <= d["labels"] and d["accuracy"] == pytest.approx(d["hits"] / d["labels"], abs=1e-4)
+        metrics_file = json.loads((run_dir / "images" / f"{split}_metrics.json").read_text())
+        assert metrics_file["accuracy"] == pytest.approx(d["accuracy"], abs=1e-4)
+        # notebook 05 re-samples seed 0 with the same settings: the same images, so the same accuracy
+        res = m["05_results"]["accuracy"][split]
+        assert res["accuracy (seed 0)"] == pytest.approx(d["accuracy"], abs=1e-6)
+        assert res["min"] <= res["mean over 3 seeds"] <= res["max"]
+        assert 0 <= m["05_results"]["ablation"][split]["no labels"] <= 1
+    assert set(m["04_sampling"]["samplers"]) >= {"DDPM-1000", "DDIM-50", "DPM++-25", "DPM++-10"}
+
+
+def test_rerun_skips_complete_notebooks(tiny_run, tiny_data):
+    run_dir, first = tiny_run
+    assert first.returncode == 0
+    r = lab6_cli("run", "--profile", "tiny", "--data-root", str(tiny_data), "--out", str(run_dir), "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("already complete, skipped") == len(NOTEBOOKS)
+
+
+def test_failing_notebook_names_itself_and_keeps_the_partial_notebook(tiny_data, tmp_path, monkeypatch):
+    from lab6 import run as R
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "tiny"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise ValueError('boom')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (tmp_path / "nbs").mkdir()
+    nbformat.write(nb, tmp_path / "nbs" / "01_fail.ipynb")
+    monkeypatch.setattr(R, "NOTEBOOK_DIR", tmp_path / "nbs")
+    monkeypatch.setattr(R, "NOTEBOOKS", ("01_fail.ipynb",))
+    cfg = R.RunConfig(profile="tiny", data_root=str(tiny_data), run_dir=str(tmp_path / "run"), device="cpu")
+    with pytest.raises(Lab6Error, match=r"notebooks/01_fail.ipynb failed in cell \d+: ValueError: boom"):
+        R.run_pipeline(cfg)
+    assert (tmp_path / "run" / "notebooks" / "01_fail.ipynb").exists()
+    assert not (tmp_path / "run" / "report.html").exists()
+
+
+def test_nbval_checked_outputs(tiny_data, tmp_path):
+    """nbval (--nbval-lax) re-executes each committed notebook with tiny parameters and compares the
+    outputs of the cells marked # NBVAL_CHECK_OUTPUT with the committed ones."""
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    params = {"profile": "tiny", "data_root": str(tiny_data), "run_dir": str(tmp_path / "run"), "device": "cpu",
+              "compare_samplers": False, "seeds": [0], "guidance_scales": [1.0, 2.0]}
+    copies = []
+    for name in NOTEBOOKS:
+        nb = load_notebook_node(str(NOTEBOOK_DIR / name))  # adds the metadata papermill expects
+        declared = {k for k in params if f"\n{k} = " in "\n" + _params_source(nb)}
+        nb = parameterize_notebook(nb, {k: params[k] for k in declared})
+        nbformat.write(nb, tmp_path / name)
+        copies.append(str(tmp_path / name))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                        "--nbval-current-env", "--nbval-cell-timeout=600",
+                        "--nbval-sanitize-with", str(NOTEBOOK_DIR / "nbval_sanitize.cfg"), *copies],
+                       cwd=REPO, capture_output=True, text=True, timeout=1200, env=_env())
+    assert r.returncode == 0, r.stdout[-4000:]
+    assert "failed" not in r.stdout.splitlines()[-1]
+
+
+def _params_source(nb) -> str:
+    return next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
