@@ -1,0 +1,143 @@
+"""The benchmark scripts: --help works, bad options fail cleanly, and tiny end-to-end runs write their files.
+
+The end-to-end runs call the scripts' main() in this process: a fresh interpreter spends most of its time
+importing torch and diffusers.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib.util
+import io
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from lab6.evaluator import ResNet18
+
+from .conftest import REPO, write_course_layout
+
+BENCH = REPO / "benchmarks"
+SCRIPTS = ("bench_synth.py", "bench_evaluator.py", "bench_quality.py", "bench_sampling.py")
+
+
+def run(script: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, str(BENCH / script), *args], cwd=cwd, env=env, capture_output=True,
+                           text=True, timeout=240)
+
+
+def run_in_process(script: str, *args: str) -> str:
+    """main(args) of a benchmark script in this process (torch threads, env and diffusers bars restored); stdout."""
+    from diffusers.utils import logging as diffusers_logging
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY")
+    spec = importlib.util.spec_from_file_location(f"_bench_{Path(script).stem}", BENCH / script)
+    module = importlib.util.module_from_spec(spec)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            spec.loader.exec_module(module)
+            assert module.main(list(args)) == 0
+    finally:
+        torch.set_num_threads(threads)
+        if omp is None:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+        diffusers_logging.enable_progress_bar()
+    return buf.getvalue()
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help(script, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [str(BENCH / script), "--help"])
+    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))  # restored afterwards
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(BENCH / script), run_name="__main__")
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("usage:")
+
+
+def test_bad_budgets_are_a_one_line_error(tmp_path):
+    r = run("bench_quality.py", "--budgets", "10,5", "--out", str(tmp_path / "out"))
+    assert r.returncode == 1
+    assert r.stderr.strip() == "error: --budgets: must be positive and increasing, got [10.0, 5.0]"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def quality_run(tmp_path_factory):
+    """bench_quality on the tiny profile: two budgets of 0.6 and 1.2 s of training on a 12-image dataset."""
+    tmp = tmp_path_factory.mktemp("bench")
+    ds = write_course_layout(tmp / "ds")
+    torch.manual_seed(0)
+    torch.save({"model": ResNet18().state_dict()}, ds / "evaluator.pth")  # untrained: scores, but means nothing
+    (ds / "test_gt").mkdir()
+    for i, name in enumerate(sorted((ds / "iclevr").iterdir())[:8]):  # stand-ins for the 8 test sets' renders
+        (ds / "test_gt" / f"{i}.png").write_bytes(name.read_bytes())
+    out, runs = tmp / "quality", tmp / "runs"
+    stdout = run_in_process("bench_quality.py", "--profiles", "tiny", "--budgets", "0.01,0.02", "--scales", "1,2",
+                            "--data", str(ds), "--splits", "test,unseen_test", "--num-sets", "2", "--max-steps",
+                            "100000", "--threads", "1", "--out", str(out), "--runs", str(runs))
+    return ds, out, runs, stdout
+
+
+def test_quality_writes_table_csv_plot_and_machine_info(quality_run):
+    ds, out, runs, stdout = quality_run
+    assert "unseen_test.json not found; split unseen_test skipped" in stdout
+    rows = read_csv(out / "quality.csv")
+    dpm = [r for r in rows if r["sampler"] == "DPM++-20"]
+    assert len(dpm) == 2 * 2  # budgets x scales, split test only
+    native = [r for r in rows if r["sampler"] == "DDIM-10"]  # tiny's own default sampler, at the final budget
+    assert [(r["split"], r["guidance"], r["budget_min"]) for r in native] == [("test", "2.0", "0.02")]
+    for r in rows:
+        assert 0 <= float(r["accuracy"]) <= 1 and r["labels"] and float(r["sample_seconds"]) > 0
+    # Time budgets are cumulative within one run, resumed once; training time reaches each budget.
+    table = read_csv(out / "quality_table.csv")
+    assert [t["budget"] for t in table] == ["0.01", "0.02"]
+    assert list(table[0])[-3:] == ["sets", "test@1", "test@2"] and table[0]["sets"] == "2"
+    assert 0 < int(table[0]["steps"]) < int(table[1]["steps"])
+    info = json.loads((out / "quality.json").read_text())
+    segs = info["profiles"]["tiny"]["segments"]
+    assert len(segs) == 2 and segs[1]["last_step"] == int(table[1]["steps"])
+    for seg, budget in zip(segs, (0.6, 1.2)):
+        assert sum(s["train_s"] for s in segs[:segs.index(seg) + 1]) >= budget - 0.1
+    assert info["profiles"]["tiny"]["config"]["train"]["max_steps"] == 100000
+    assert info["evaluator"]["path"] == str(ds / "evaluator.pth") and info["sets"] == {"tiny": {"test": 2}}
+    assert 0 <= info["ground_truth_accuracy"]["test"] <= 1  # the evaluator's ceiling on test_gt/
+    assert (runs / "tiny" / "pipeline" / "model_index.json").is_file()
+    for key in ("platform", "cpu_count", "torch", "torch_threads"):
+        assert info["machine"][key]
+    assert "load average" in info["load_start"]["uptime"] and len(info["load_end"]["load_avg"]) == 3
+    assert any("cosine" in n for n in info["notes"])
+    report = (out / "report.txt").read_text()
+    assert "test@2" in report and "DDIM-10" in report
+    assert Image.open(out / "quality.png").size[0] > 500
+    assert len(list((out / "grids").glob("*.png"))) == 2 * 2 + 1
+
+
+def test_sampling_on_the_tiny_run(quality_run, tmp_path):
+    ds, _, runs, _ = quality_run
+    out = tmp_path / "sampling"
+    run_in_process("bench_sampling.py", "--model", str(runs / "tiny"), "--data", str(ds), "--settings",
+                   "DPM++-10,DDIM-25", "--num-images", "2", "--seeds", "0,1", "--threads", "1", "--out", str(out))
+    rows = read_csv(out / "sampling.csv")
+    # tiny's default guidance is 2; each setting runs with it and without guidance, for both seeds
+    assert [(x["setting"], x["guidance"], x["seed"]) for x in rows] == [
+        (s, w, seed) for w in ("2.0", "1.0") for s in ("DPM++-10", "DDIM-25") for seed in ("0", "1")]
+    assert all(x["images"] == "2" and float(x["seconds"]) > 0 for x in rows)
+    info = json.loads((out / "sampling.json").read_text())
+    assert info["model"]["default_guidance"] == 2.0 and info["guidance"] == [2.0, 1.0]
+    assert len(info["summary"]) == 4 and info["machine"]["torch_threads"] >= 1
+    assert "acc w=2 (default)" in (out / "report.txt").read_text()
+
