@@ -26,6 +26,9 @@ def _add_synth(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed and options give identical files")
     p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     p.add_argument("--workers", type=int, default=0, help="processes (default 0 = all cores)")
+    p.add_argument("--all-pairs", action="store_true",
+                   help="let training scenes show every object pair (an evaluator's training set; "
+                        "unseen_test is then not unseen)")
     p.add_argument("--like", default=None, metavar="TRAIN_JSON",
                    help="render exactly the file names and label sets of an existing train.json "
                         "(--scenes is then ignored; its test.json/new_test.json are reused when beside it)")
@@ -35,7 +38,7 @@ def _add_synth(sub) -> None:
 def _cmd_synth(args) -> int:
     from .synth import write_dataset
     info = write_dataset(args.out, scenes=args.scenes, seed=args.seed, size=args.size,
-                         workers=args.workers, like=args.like)
+                         workers=args.workers, like=args.like, all_pairs=args.all_pairs)
     print(f"{info['out']}: {info['train_images']} training images in {info['scenes']} scenes, "
           f"test sets {info['test_sets']}; rendered {info['rendered']} of {info['images']} images now")
     return 0

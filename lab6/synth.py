@@ -811,8 +811,11 @@ def _check_int(name: str, value, low: int, hint: str) -> int:
 
 def write_dataset(out: str | os.PathLike, scenes: int = 6000, seed: int = 0, size: int = 64, workers: int = 0,
                   like: str | os.PathLike | None = None, progress: bool = True,
-                  cfg: SynthConfig | None = None) -> dict:
+                  cfg: SynthConfig | None = None, all_pairs: bool = False) -> dict:
     """Render a CLEVR-style dataset in the iCLEVR layout under `out`; returns a summary dict.
+
+    `all_pairs=True` lets training scenes show every object pair (the test files stay the same): a training
+    set for an evaluator, which must recognise the pairs that unseen_test asks for.
 
     Writes iclevr/*.png and <split>_gt/<i>.png first, then objects.json, the test files and train.json last
     (so train.json's presence means the render finished). Files already present are kept: an interrupted
@@ -844,9 +847,10 @@ def write_dataset(out: str | os.PathLike, scenes: int = 6000, seed: int = 0, siz
         splits["unseen_test"], unseen_how = unseen_from_train(train_sets, seed)
     else:
         unseen, held = sample_held_out(seed)
+        train_held = set() if all_pairs else held
         train, jobs = {}, []
         for i in range(scenes):
-            names = sample_train_labels(scene_rng(seed, _S_LABELS, i), L.MAX_OBJECTS, held)
+            names = sample_train_labels(scene_rng(seed, _S_LABELS, i), L.MAX_OBJECTS, train_held)
             files = []
             for k in range(len(names)):
                 fname = f"synth_{i:06d}_{k}.png"
@@ -863,6 +867,8 @@ def write_dataset(out: str | os.PathLike, scenes: int = 6000, seed: int = 0, siz
     out = ensure_writable_dir(out)
     state_path = out / ".synth.json"
     state = _state(seed, cfg, None if like_path else scenes, like_path)
+    if all_pairs:
+        state["all_pairs"] = True
     if state_path.exists():
         try:
             old = json.loads(state_path.read_text())
@@ -913,7 +919,7 @@ def write_dataset(out: str | os.PathLike, scenes: int = 6000, seed: int = 0, siz
     return {"out": str(out), "train_images": len(train), "scenes": len([j for j in jobs if j.key[0] == _S_RENDER]),
             "test_sets": {s: len(splits[s]) for s in TEST_SPLITS}, "images": n_images, "rendered": written,
             "workers": nproc, "unseen_definition": unseen_how,
-            "held_out_pairs": sorted(sorted(p) for p in held)}
+            "held_out_pairs": [] if all_pairs else sorted(sorted(p) for p in held)}
 
 
 # ---------------------------------------------------------------- pictures

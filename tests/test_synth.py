@@ -295,3 +295,21 @@ def test_render_speed_per_cpu_second():
             n += 1
     rate = n / (time.process_time() - start)
     assert rate >= 300, f"{rate:.0f} images per CPU-second"
+
+
+def test_all_pairs_training_set_shows_held_out_pairs_and_keeps_the_test_files(tmp_path):
+    """`all_pairs=True` is an evaluator's training set: unseen_test's pairs appear, the test files are the same."""
+    import itertools
+    import json
+
+    from lab6.synth import write_dataset
+
+    a = write_dataset(tmp_path / "all", scenes=60, seed=0, size=16, workers=1, progress=False, all_pairs=True)
+    b = write_dataset(tmp_path / "held", scenes=60, seed=0, size=16, workers=1, progress=False)
+    for split in ("test", "new_test", "unseen_test"):
+        assert (tmp_path / "all" / f"{split}.json").read_text() == (tmp_path / "held" / f"{split}.json").read_text()
+    held = {frozenset(p) for p in b["held_out_pairs"]}
+    assert a["held_out_pairs"] == [] and len(held) == 24
+    shown = {frozenset(p) for s in json.loads((tmp_path / "all" / "train.json").read_text()).values()
+             for p in itertools.combinations(s, 2)}
+    assert shown & held
