@@ -8,9 +8,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .data import PROJECT_ROOT, CourseData, default_data_root
+from .data import DATA_DIR, PROJECT_ROOT, CourseData, default_data_root
 from .errors import CheckpointError, DataError, Lab6Error
-from .io import atomic_path, ensure_writable_dir, write_json
+from .io import atomic_path, check_writable_dir, ensure_writable_dir, write_json
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 NOTEBOOKS = (
@@ -49,11 +49,13 @@ class RunConfig:
 
 
 def ensure_data(cfg: RunConfig) -> CourseData:
-    """Render the synthetic dataset when the data root holds none; the course's data is never rendered."""
+    """Render the default synthetic dataset (data/synth) when it is missing; any other root must exist."""
     root = Path(cfg.data_root)
     if not (root / "train.json").exists():
-        if root.name == "iclevr":
-            raise DataError(f"{root}: no train.json; copy the course's files there (see data/README.md)")
+        if root.resolve() != (DATA_DIR / "synth").resolve():
+            hint = "copy the course's files there (see data/README.md)" if root.name == "iclevr" else \
+                f"render one with `lab6 synth --out {root}`, or leave --data-root out to use data/synth"
+            raise DataError(f"{root}: no train.json; {hint}")
         from .synth import write_dataset
         print(f"[data] rendering the synthetic dataset into {root} ({cfg.synth_scenes} scenes)", flush=True)
         write_dataset(root, scenes=cfg.synth_scenes, seed=cfg.seed)
@@ -63,15 +65,21 @@ def ensure_data(cfg: RunConfig) -> CourseData:
 
 
 def ensure_evaluator(cfg: RunConfig) -> Path:
-    """Find the evaluator for this data root; train one on a synthetic dataset when there is none."""
+    """Find the evaluator for this data root; for a synthetic dataset without one, render an all-pairs
+    training set beside it (`<root>-evaluator/`, so the evaluator knows the pairs unseen_test asks for)
+    and train the course's ResNet-18 on it, saved as `<root>/evaluator.pth`."""
     from .evaluator import find_evaluator, train_evaluator
+    from .synth import write_dataset
     try:
         return find_evaluator(data_root=cfg.data_root)
     except CheckpointError:
-        if (Path(cfg.data_root) / "checkpoint.pth").exists():
+        root = Path(cfg.data_root)
+        if (root / "checkpoint.pth").exists() or not (root / ".synth.json").exists():
             raise
-        print(f"[evaluator] none found; training one on {cfg.data_root}", flush=True)
-        train_evaluator(cfg.data_root, seed=cfg.seed, device=cfg.device or None)
+        eval_root = root.with_name(f"{root.name}-evaluator")
+        print(f"[evaluator] none found; rendering its training set into {eval_root} and training it", flush=True)
+        write_dataset(eval_root, scenes=cfg.synth_scenes, seed=cfg.seed + 1, all_pairs=True)
+        train_evaluator(eval_root, out=root / "evaluator.pth", seed=cfg.seed, device=cfg.device or None)
         return find_evaluator(data_root=cfg.data_root)
 
 
@@ -124,14 +132,21 @@ def write_report(executed: Path, report: Path) -> None:
 
 def run_pipeline(cfg: RunConfig) -> Path:
     """Data -> evaluator -> notebooks 01..05 -> report.html; returns the run folder."""
+    from .config import check_device
+
     cfg = cfg.resolved()
-    run_dir = ensure_writable_dir(cfg.run_dir)
-    nb_dir = ensure_writable_dir(run_dir / "notebooks")
+    check_device(cfg.device or None, "--device")
+    check_writable_dir(cfg.run_dir)
     t0 = time.time()
     ensure_data(cfg)
     ensure_evaluator(cfg)
+    run_dir = ensure_writable_dir(cfg.run_dir)
+    nb_dir = ensure_writable_dir(run_dir / "notebooks")
     state_path = run_dir / "run_state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() and not cfg.force else {}
+    try:
+        state = json.loads(state_path.read_text()) if state_path.exists() and not cfg.force else {}
+    except (OSError, ValueError):
+        state = {}  # a corrupt state file only means every notebook runs again
     rerun = cfg.force
     for i, name in enumerate(NOTEBOOKS, 1):
         fp = _fingerprint(NOTEBOOK_DIR / name, cfg.notebook_parameters())

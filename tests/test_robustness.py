@@ -452,11 +452,17 @@ def test_every_item_of_the_list_is_in_the_table():
     assert not [w for w in wanted if w not in ROWS]
 
 
-@pytest.mark.xfail(strict=True, reason="lab6/run.py creates the run folder before it checks the data root")
 def test_run_with_a_missing_course_folder_leaves_nothing(tmp_path, capsys):
     before = _files(tmp_path)
     rc, err = _cli(["run", "--profile", "tiny", "--data-root", tmp_path / "iclevr", "--out", tmp_path / "out"], capsys)
     assert rc == 1 and err.splitlines()[-1].startswith(f"error: {tmp_path / 'iclevr'}: no train.json")
+    assert _files(tmp_path) == before
+
+
+def test_run_does_not_render_into_an_explicit_missing_data_root(tmp_path, capsys):
+    before = _files(tmp_path)
+    rc, err = _cli(["run", "--profile", "tiny", "--data-root", tmp_path / "mine", "--out", tmp_path / "out"], capsys)
+    assert rc == 1 and err.splitlines()[-1].startswith(f"error: {tmp_path / 'mine'}: no train.json; render one with")
     assert _files(tmp_path) == before
 
 
