@@ -7,11 +7,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lab6 import labels as L
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread in every test: tiny tensors run faster so, and on a shared 2-core box two threads
+    waiting on each other made steps up to 60x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def write_course_layout(root: Path, n: int = 12, size: int = 64, seed: int = 0) -> Path:

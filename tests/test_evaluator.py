@@ -118,15 +118,6 @@ def functional_resnet18(sd, x, training=False):
     return torch.sigmoid(F.linear(h, sd["fc.0.weight"], sd["fc.0.bias"]))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these tiny tensors run faster so, above all on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def ckpt_path(tmp_path):
     path = tmp_path / "checkpoint.pth"

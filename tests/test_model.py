@@ -18,15 +18,6 @@ from tests.conftest import REPO
 matplotlib.use("Agg")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core box, 2 threads waiting on each other made steps up to 60x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def tiny():
     torch.manual_seed(0)

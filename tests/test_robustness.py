@@ -27,15 +27,6 @@ from lab6.train import checkpoint_problem, latest_checkpoint, load_run_config, t
 from tests.conftest import REPO, write_course_layout
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core box, 2 threads waiting on each other made steps up to 60x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> SimpleNamespace:
     """Good inputs shared by every row: a tiny dataset, a 2-step tiny run (checkpoints and export), an evaluator;

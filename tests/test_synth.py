@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,7 +183,7 @@ def test_unseen_test_is_unseen_and_new_test_binds(small):
     assert sum(S.is_binding_heavy(s) for s in test) < shared_colour  # the plain test binds far less
 
 
-def write_like_file(tmp_path, entries: dict) -> "Path":
+def write_like_file(tmp_path, entries: dict) -> Path:
     path = tmp_path / "like" / "train.json"
     path.parent.mkdir()
     path.write_text(json.dumps(entries))

@@ -20,15 +20,6 @@ from lab6.train import BatchOrder, diffusion_loss, list_checkpoints, train
 from tests.conftest import REPO, write_course_layout
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core box, 2 threads waiting on each other made steps up to 60x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return write_course_layout(tmp_path_factory.mktemp("data") / "ds", n=12)
