@@ -15,28 +15,25 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/X.py` without the pac
     sys.path.insert(0, str(REPO))
 
 
-def float_list(text: str) -> list[float]:
-    """'5,10,20' -> [5.0, 10.0, 20.0] (argparse type)."""
+def _number_list(text: str, kind: type, what: str) -> list:
     import argparse
     try:
-        values = [float(v) for v in text.split(",") if v.strip()]
+        values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}s, got {text!r}") from None
     if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
+        raise argparse.ArgumentTypeError(f"expected at least one {what}")
     return values
+
+
+def float_list(text: str) -> list[float]:
+    """'5,10,20' -> [5.0, 10.0, 20.0] (argparse type)."""
+    return _number_list(text, float, "number")
 
 
 def int_list(text: str) -> list[int]:
     """'0,1,2' -> [0, 1, 2] (argparse type)."""
-    import argparse
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
+    return _number_list(text, int, "integer")
 
 
 def name_list(text: str) -> list[str]:

@@ -90,6 +90,18 @@ def save_image(path: str | os.PathLike, image) -> None:
         image.save(tmp, format="PNG")
 
 
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move folder `src` onto `dst`; an existing `dst` is first renamed to `.<name>.old`, then deleted."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
 @contextmanager
 def atomic_dir(path: str | os.PathLike):
     """Yield a temporary folder beside `path`; rename it onto `path` only if the block succeeds."""
@@ -99,14 +111,7 @@ def atomic_dir(path: str | os.PathLike):
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700 folders
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_dir(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

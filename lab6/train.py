@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .config import Config, check_device, config_from_dict, load_config, read_yaml, to_yaml
 from .errors import CheckpointError, ConfigError, DataError
-from .io import check_writable_dir, ensure_writable_dir, write_json, write_text
+from .io import check_writable_dir, ensure_writable_dir, replace_dir, write_json, write_text
 from .model import ConditionalUNet, build_model, count_parameters
 from .schedules import make_scheduler, q_sample, snr, v_target
 
@@ -239,14 +239,7 @@ def save_checkpoint(run: "_Run", step: int) -> Path:
         files = {f.relative_to(tmp).as_posix(): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
         write_json(tmp / "state.json", {"step": step, "ema": _ema_scalars(run.ema), "num_processes": acc.num_processes,
                                         "config": run.cfg.to_dict(), "files": files})  # last: all else is written
-        if final.exists():
-            old = out / f".checkpoint-{step}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
         limit = run.cfg.train.checkpoints_total_limit
         if limit:  # incomplete ones (a cut copy) do not count: the newest complete ones are kept
             complete = [p for _, p in list_checkpoints(out) if checkpoint_problem(p) is None]
