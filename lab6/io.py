@@ -29,14 +29,17 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     if blocker is not None:
         what = "is a file, not a folder" if blocker == path else f"cannot be created: {blocker} is a file"
         raise Lab6Error(f"{path}: output folder {what}; choose another output folder")
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    _probe(next(p for p in (path, *path.absolute().parents) if p.exists()), path)
+    return path
+
+
+def _probe(folder: Path, path: Path) -> None:
+    """Raise Lab6Error (naming `path`) unless a file can be created in `folder`."""
     try:
-        probe = tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-", delete=True)
-        probe.close()
+        tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-", delete=True).close()
     except OSError as e:
         raise Lab6Error(f"{path}: output folder is not writable ({e.strerror or e}); "
                         f"choose another output folder") from None
-    return path
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
@@ -44,11 +47,10 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     path = check_writable_dir(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True)
-        probe.close()
     except OSError as e:
         raise Lab6Error(f"{path}: output folder is not writable ({e.strerror or e}); "
                         f"choose another output folder") from None
+    _probe(path, path)
     return path
 
 
