@@ -1,16 +1,24 @@
-"""One prepared GPU session: a full-width evaluator, the `full` profile's speed and accuracy, a longer
-`quick` run to ship, and a sweep of `quick` recipes at step budgets equal to what this project's 2-core
-CPU does in 20 minutes.
+"""One prepared GPU session: measurements that need many training runs, with step budgets equal to what this
+project's 2-core CPU does in the same minutes, so that the GPU picks the recipes the CPU then confirms.
 
-    python benchmarks/bench_gpu.py --data data/synth --out OUT --device cuda
+    python benchmarks/bench_gpu.py --data data/synth --out OUT --device cuda [--jobs evaluator,sweep,...]
 
-Four jobs run as separate processes on the one GPU. `evaluator` renders an all-pairs training set and
-trains the course's ResNet-18 at full width, then measures its ceiling on the ground-truth renders;
-`full` starts `--stagger-full` s later and runs alone for `--stagger` s (its first log windows give a
-clean img/s figure) before `quick` and `sweep` join. Jobs score with the new evaluator once it exists
-(else `--evaluator`). Each job writes OUT/<job>/result.json; the orchestrator prints one table and writes
-OUT/results.json. Every job also runs on the CPU with small settings (`--full-profile tiny ...`), which is
-how this script is tested.
+Jobs run as separate processes on the one GPU (`--jobs`; a group name expands to one job per variant):
+
+* `evaluator`: renders an all-pairs training set and trains the course's ResNet-18 at full width, then
+  measures its ceiling on the ground-truth renders of `--data`. The jobs that score samples wait for it.
+* `evsweep`: the CPU evaluator recipes of `EV_VARIANTS` (narrow widths), each trained for the steps the CPU
+  does in `--ev-cpu-minutes`, and their ceilings: which recipe the CPU should run.
+* `sweep`: the quick-recipe variants of `VARIANTS`, each trained for the steps the CPU does for it in
+  `--cpu-minutes` (its LR schedule ends there), scored with DPM-Solver++ 20 steps over guidance 1-5.
+* `curve`: one long run per `CURVE_VARIANTS` recipe, validated every `--curve-every` CPU-minute equivalents on
+  all three splits: accuracy against CPU-minutes beyond what a CPU session can measure.
+* `sampling`: `bench_sampling.py` on `--model` (every sampler, default guidance and none, `--seeds`).
+* `full`, `quick`: the `full` profile's speed and accuracy, and a long `quick` run.
+
+Each job writes OUT/<job>/result.json; the orchestrator stops every job at `--deadline` seconds, prints one
+table and writes OUT/results.json and OUT/summary.txt. Every job also runs on the CPU with tiny settings
+(`--profile tiny ...`), which is how this script is tested before it spends GPU time.
 """
 from __future__ import annotations
 
@@ -27,17 +35,49 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SCALES = (1.0, 2.0, 3.0, 4.0, 5.0)
-# Quick-recipe variants for the sweep: (name, overrides, cpu_img_per_s_ratio). None of these changes the
-# network's size or input, so each trains at quick's CPU speed and gets the same steps (ratio 1).
+# Quick-recipe variants: (name, overrides, CPU speed ratio). The ratio is the variant's training images per
+# second on the 2-core CPU relative to `quick` (measured there, see benchmarks/README.md), so each variant
+# gets the steps that the CPU would do for it in the same minutes.
 VARIANTS = (
     ("quick", {}, 1.0),
-    ("zero-snr", {"schedule": {"zero_terminal_snr": True}}, 1.0),
     ("min-snr-5", {"train": {"min_snr_gamma": 5.0}}, 1.0),
-    ("lr-1e-3", {"train": {"lr": 1e-3}}, 1.0),
-    ("lr-4e-3", {"train": {"lr": 4e-3}}, 1.0),
-    ("scale-shift", {"model": {"resnet_time_scale_shift": "scale_shift"}}, 1.0),
+    ("min-snr-5-lr-1e-3", {"train": {"min_snr_gamma": 5.0, "lr": 1e-3}}, 1.0),
+    ("batch-32", {"train": {"batch_size": 32}}, 0.955),
+    ("batch-128-lr-3e-3", {"train": {"batch_size": 128, "lr": 3e-3}}, 1.029),
+    ("scale-shift", {"model": {"resnet_time_scale_shift": "scale_shift"}}, 0.944),
+    ("narrow-64", {"model": {"block_out_channels": (32, 64, 64)}}, 1.381),
+    ("zero-snr", {"schedule": {"zero_terminal_snr": True}}, 1.0),
     ("eps-pred", {"schedule": {"prediction_type": "epsilon"}}, 1.0),
+    ("narrow-64-min-snr-5", {"model": {"block_out_channels": (32, 64, 64)}, "train": {"min_snr_gamma": 5.0}}, 1.381),
+    ("narrow-64-min-snr-5-ss", {"model": {"block_out_channels": (32, 64, 64), "resnet_time_scale_shift": "scale_shift"},
+                                "train": {"min_snr_gamma": 5.0}}, 1.30),
 )
+CURVE_VARIANTS = ("quick",)
+# CPU evaluator recipes: (name, EvaluatorTrainConfig overrides, all-pairs scenes). Each trains for what the
+# 2-core CPU does in --ev-cpu-minutes at its width (EV_CPU_IMG_S) or its epochs, whichever ends first.
+EV_VARIANTS = (
+    ("w16-20ep", {"width": 16, "epochs": 20}, 6000),
+    ("w16-40ep", {"width": 16, "epochs": 40}, 6000),
+    ("w16-40ep-paste-1", {"width": 16, "epochs": 40, "paste": 1.0}, 6000),
+    ("w16-40ep-lr-4e-3", {"width": 16, "epochs": 40, "lr": 4e-3}, 6000),
+    ("w16-40ep-sgd", {"width": 16, "epochs": 40, "optimizer": "sgd", "lr": 0.1}, 6000),
+    ("w16-40ep-12k", {"width": 16, "epochs": 40}, 12000),
+    ("w24-40ep", {"width": 24, "epochs": 40}, 6000),
+    ("w32-40ep", {"width": 32, "epochs": 40}, 6000),
+)
+EV_CPU_IMG_S = {16: 994.0, 24: 644.0, 32: 465.0}  # 2 threads, batch 64, measured on the 2-core CPU
+
+
+def by_name(table, names: str | None):
+    """The rows of a variant table named in a comma list (all when None)."""
+    if not names:
+        return list(table)
+    wanted = names.split(",")
+    known = {row[0] if isinstance(row, tuple) else row: row for row in table}
+    missing = [n for n in wanted if n not in known]
+    if missing:
+        raise SystemExit(f"error: unknown variant(s) {missing}; known: {sorted(known)}")
+    return [known[n] for n in wanted]
 
 
 def evaluator_for(out: Path, fallback: str, wait_s: float = 600) -> Path:
@@ -45,7 +85,7 @@ def evaluator_for(out: Path, fallback: str, wait_s: float = 600) -> Path:
     done = out / "evaluator" / "result.json"
     t0 = time.time()
     while (out / "evaluator.started").exists() and not done.exists() and time.time() - t0 < wait_s:
-        time.sleep(5)
+        time.sleep(3)
     trained = out / "evaluator" / "evaluator.pth"
     return trained if trained.exists() else Path(fallback)
 
@@ -82,20 +122,23 @@ def evaluate(model_dir: Path, data_root: Path, evaluator: Path, device: str, sca
 
 
 def train_job(name: str, profile: str, overrides: dict, out: Path, data: Path, device: str, max_steps: int,
-              max_minutes: float | None, threads: int) -> tuple[Path, dict]:
+              max_minutes: float | None, threads: int, extra_train: dict | None = None) -> tuple[Path, dict]:
     """Train one configuration with lab6.train.train; returns the run folder and a speed summary."""
     import torch
 
     from lab6.config import load_config
-    from lab6.plots import read_metrics
     from lab6.train import train
 
     torch.set_num_threads(threads)
     train_over = {"output_dir": str(out / name), "data_root": str(data), "device": device, "max_steps": max_steps,
                   "max_minutes": max_minutes, "num_threads": threads,
-                  "lr_warmup_steps": min(500, max(2, max_steps // 10)),
-                  "checkpoint_every": max(10, max_steps // 4), "validate_every": max(10, max_steps // 8)}
+                  "checkpoint_every": max(10, max_steps // 4), "validate_every": 0, "validate_num": 0,
+                  **(extra_train or {})}
     over = {k: dict(v) for k, v in overrides.items()}
+    # warmup: the profile's share of its own schedule, applied to this one
+    base = load_config(profile, **{k: v for k, v in over.items() if k != "train"})
+    warm = base.train.lr_warmup_steps / base.train.max_steps
+    train_over.setdefault("lr_warmup_steps", max(2, round(warm * max_steps)))
     over["train"] = {**over.get("train", {}), **train_over}
     cfg = load_config(profile, **over)
     t0 = time.time()
@@ -108,113 +151,196 @@ def train_job(name: str, profile: str, overrides: dict, out: Path, data: Path, d
         over["train"].update(output_dir=str(out / f"{name}-fp32"), mixed_precision="no")
         cfg = load_config(profile, **over)
         run = train(cfg, progress=False)
+    return run, train_summary(run, profile, time.time() - t0)
+
+
+def train_summary(run: Path, profile: str, wall_s: float) -> dict:
+    """Steps, speed and in-loop validation figures of one training run folder."""
+    from lab6.plots import read_metrics
     recs = read_metrics(run / "metrics.jsonl")
     speeds = [r["img_per_s"] for r in recs if "img_per_s" in r]
-    return run, {"profile": profile, "steps": max(r["step"] for r in recs), "wall_s": round(time.time() - t0, 1),
-                 "img_per_s_first": speeds[1] if len(speeds) > 1 else (speeds[0] if speeds else None),
-                 "img_per_s_median": sorted(speeds)[len(speeds) // 2] if speeds else None,
-                 "gpu_mem_gb": max((r.get("gpu_mem_gb", 0) for r in recs), default=0),
-                 "validation": [{k: v for k, v in r.items() if k == "step" or k.endswith("_acc")}
-                                for r in recs if any(k.endswith("_acc") for k in r)]}
+    return {"profile": profile, "steps": max((r["step"] for r in recs), default=0), "wall_s": round(wall_s, 1),
+            "img_per_s_first": speeds[1] if len(speeds) > 1 else (speeds[0] if speeds else None),
+            "img_per_s_median": sorted(speeds)[len(speeds) // 2] if speeds else None,
+            "gpu_mem_gb": max((r.get("gpu_mem_gb", 0) for r in recs), default=0),
+            "validation": [{k: v for k, v in r.items() if k == "step" or k.endswith("_acc")}
+                           for r in recs if any(k.endswith("_acc") for k in r)]}
+
+
+def cpu_steps(minutes: float, img_per_s: float, batch: int) -> int:
+    """Training steps of batch `batch` that the CPU does in `minutes` at `img_per_s`."""
+    return max(2, round(minutes * 60 * img_per_s / batch))
 
 
 def run_job(args) -> None:
     """One job in this process: train, evaluate, write <out>/<job>/result.json."""
+    from lab6.config import load_config
+
     out = Path(args.out)
     data, dev = Path(args.data), args.device
+    kind, _, variant = args.job.partition(":")
     result: dict = {"job": args.job}
-    if args.job == "evaluator":
-        result.update(evaluator_job(args, out / "evaluator"))
-        _write(out / args.job / "result.json", result)
-        return
-    ev = None
-    if args.job == "full":
-        run, result["train"] = train_job("full", args.full_profile, {}, out, data, dev, args.full_steps,
+    folder = out / args.job.replace(":", "-")
+
+    def save():
+        _write(folder / "result.json", result)
+
+    if kind == "evaluator":
+        result.update(evaluator_job(args, folder))
+    elif kind == "evsweep":
+        (name, over, scenes), = by_name(EV_VARIANTS, variant)
+        result.update(evsweep_job(args, folder, over, scenes))
+    elif kind == "full":
+        run, result["train"] = train_job("full", args.full_profile, {}, folder, data, dev, args.full_steps,
                                          args.full_minutes, args.threads)
-        ev = evaluator_for(out, args.evaluator)
-        result["eval"] = evaluate(run / "pipeline", data, ev, dev, (1.0, 2.0, 4.0), steps=25, seeds=(0,))
-    elif args.job == "quick":
-        run, result["train"] = train_job("quick", args.quick_profile, {}, out, data, dev, args.quick_steps,
+        result["eval"] = evaluate(run / "pipeline", data, evaluator_for(out, args.evaluator), dev,
+                                  (1.0, 2.0, 4.0), steps=25, seeds=(0,))
+    elif kind == "quick":
+        run, result["train"] = train_job("quick", args.profile, {}, folder, data, dev, args.quick_steps,
                                          args.quick_minutes, args.threads)
+        result["eval"] = evaluate(run / "pipeline", data, evaluator_for(out, args.evaluator), dev, SCALES,
+                                  steps=25, seeds=(0, 1, 2), samplers=True)
+    elif kind == "sweep":
+        (name, over, ratio), = by_name(VARIANTS, variant)
+        batch = load_config(args.profile, **over).train.batch_size
+        steps = cpu_steps(args.cpu_minutes, args.cpu_img_per_s * ratio, batch)
+        result["cpu_minutes"], result["batch_size"] = args.cpu_minutes, batch
+        run, result["train"] = train_job(name, args.profile, over, folder, data, dev, steps, None, args.threads)
+        save()
+        result["eval"] = evaluate(run / "pipeline", data, evaluator_for(out, args.evaluator), dev, SCALES,
+                                  seeds=tuple(args.sweep_seeds))
+    elif kind == "curve":
+        (name, over, ratio), = by_name(VARIANTS, variant)
+        batch = load_config(args.profile, **over).train.batch_size
+        steps = cpu_steps(args.curve_minutes, args.cpu_img_per_s * ratio, batch)
+        every = cpu_steps(args.curve_every, args.cpu_img_per_s * ratio, batch)
+        ev = evaluator_for(out, args.evaluator)  # in-loop validation scores with it from the first check on
+        result.update(cpu_minutes=args.curve_minutes, every_cpu_minutes=args.curve_every, every_steps=every,
+                      guidance=args.curve_guidance, evaluator=str(ev))
+        over = {**over, "sample": {**over.get("sample", {}), "guidance_scale": args.curve_guidance}}
+        t0 = time.time()
+        run, result["train"] = train_job(
+            name, args.profile, over, folder, data, dev, steps, None, args.threads,
+            extra_train={"validate_every": every, "validate_num": 32, "evaluator": str(ev),
+                         "validate_splits": ("test", "new_test", "unseen_test"), "checkpoint_every": steps})
+        result["train"]["wall_s"] = round(time.time() - t0, 1)
+    elif kind == "sampling":
+        import bench_sampling
+        model = args.model or str(REPO / "pretrained" / "quick")
         ev = evaluator_for(out, args.evaluator)
-        result["eval"] = evaluate(run / "pipeline", data, ev, dev, SCALES, steps=25, seeds=(0, 1, 2), samplers=True)
+        code = bench_sampling.main(["--model", model, "--data", str(data), "--evaluator", str(ev),
+                                    "--device", dev, "--seeds", ",".join(map(str, args.sampling_seeds)),
+                                    "--out", str(folder / "bench"), "--threads", str(args.threads)])
+        result["exit"] = code
+        result["report"] = (folder / "bench" / "report.txt").read_text() if (folder / "bench" / "report.txt").exists() else None
     else:
-        result["variants"] = {}
-        for name, over, ratio in VARIANTS[: args.variants]:
-            steps = max(2, round(args.sweep_steps * ratio))
-            try:
-                run, tr = train_job(f"sweep-{name}", args.sweep_profile, over, out, data, dev, steps, None,
-                                    args.threads)
-                ev = ev or evaluator_for(out, args.evaluator)
-                result["variants"][name] = {"train": tr, "eval": evaluate(run / "pipeline", data, ev, dev, SCALES)}
-            except Exception as e:  # one broken variant must not lose the others
-                result["variants"][name] = {"error": f"{type(e).__name__}: {e}"}
-            _write(out / "sweep" / "result.json", result)
-    _write(out / args.job / "result.json", result)
+        raise SystemExit(f"error: unknown job {args.job!r}")
+    save()
+
+
+def ceiling(ev, data_root: Path) -> dict:
+    """Accuracy of an evaluator on the ground-truth renders of each split, sharp and 64->32->64."""
+    from lab6.data import CourseData, load_image_folder
+    from lab6.evaluator import round_trip
+
+    data = CourseData(data_root)
+    res = {}
+    for split in data.splits():
+        sets = data.label_sets(split)
+        x = load_image_folder(data.root / f"{split}_gt", len(sets))
+        res[split] = {"sharp": round(ev.accuracy(x, sets), 4), "round_trip_32": round(ev.accuracy(round_trip(x, 32), sets), 4)}
+    return res
+
+
+def all_pairs_set(args, scenes: int) -> Path:
+    """The all-pairs evaluator training set of `scenes` scenes (rendered once, shared by the jobs)."""
+    from lab6.synth import write_dataset
+    scenes = max(4, round(scenes * args.ev_scenes_scale))
+    root = Path(args.out) / f"evaluator-data-{scenes}"
+    write_dataset(root, scenes=scenes, seed=args.eval_seed, workers=args.render_workers, progress=False,
+                  all_pairs=True)  # resumable and idempotent: a second job finds it complete
+    return root
 
 
 def evaluator_job(args, out: Path) -> dict:
-    """Render an all-pairs training set, train the evaluator on it, and measure its ceiling on `--data`."""
-    import torch
-
-    from lab6.data import CourseData, load_image_folder
-    from lab6.evaluator import Evaluator, EvaluatorTrainConfig, round_trip, train_evaluator
-    from lab6.synth import write_dataset
+    """Train the course's ResNet-18 at full width on an all-pairs set and measure its ceiling on `--data`."""
+    from lab6.evaluator import Evaluator, EvaluatorTrainConfig, train_evaluator
 
     t0 = time.time()
-    eval_data = out / "data"
-    write_dataset(eval_data, scenes=args.eval_scenes, seed=args.eval_seed, workers=0, progress=False,
-                  all_pairs=True)
+    eval_data = all_pairs_set(args, args.eval_scenes)
     t_render = time.time() - t0
     cfg = EvaluatorTrainConfig(width=args.eval_width, epochs=args.eval_epochs, max_minutes=args.eval_minutes,
                                threads=args.threads)
     ckpt = train_evaluator(eval_data, out=out / "evaluator.pth", config=cfg, device=args.device, progress=False)
     t_train = time.time() - t0 - t_render
     ev = Evaluator(ckpt, device=args.device)
-    data = CourseData(args.data)
-    ceiling = {}
-    for split in data.splits():
-        sets = data.label_sets(split)
-        x = load_image_folder(data.root / f"{split}_gt", len(sets))
-        ceiling[split] = {"sharp": round(ev.accuracy(x, sets), 4),
-                          "round_trip_32": round(ev.accuracy(round_trip(x, 32), sets), 4)}
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
     return {"config": vars(cfg), "render_s": round(t_render, 1), "train_s": round(t_train, 1),
-            "ceiling": ceiling, "info": {k: v for k, v in ev.info.items() if isinstance(v, (int, float, str))}}
+            "ceiling": ceiling(ev, Path(args.data)),
+            "info": {k: v for k, v in ev.info.items() if isinstance(v, (int, float, str))}}
+
+
+def evsweep_job(args, out: Path, over: dict, scenes: int) -> dict:
+    """One CPU evaluator recipe, trained for the CPU's steps in --ev-cpu-minutes (or its epochs), and its ceiling."""
+    from lab6.data import CourseData
+    from lab6.evaluator import Evaluator, EvaluatorTrainConfig, train_evaluator
+
+    eval_data = all_pairs_set(args, scenes)
+    n = len(CourseData(eval_data).train)
+    cfg = EvaluatorTrainConfig(**over)
+    steps_per_epoch = (n - min(cfg.val_images, n // 5)) // cfg.batch_size
+    cpu = cpu_steps(args.ev_cpu_minutes, EV_CPU_IMG_S[cfg.width], cfg.batch_size)
+    cfg.epochs = max(1, min(cfg.epochs, round(cpu / steps_per_epoch)))  # what ends first on the CPU
+    cfg.max_minutes, cfg.threads = 0, args.threads
+    t0 = time.time()
+    ckpt = train_evaluator(eval_data, out=out / "evaluator.pth", config=cfg, device=args.device, progress=False)
+    ev = Evaluator(ckpt, device=args.device)
+    info = {k: v for k, v in ev.info.items() if isinstance(v, (int, float, str))}
+    return {"config": vars(cfg), "scenes": eval_data.name, "images": n, "cpu_steps": cpu,
+            "cpu_minutes": round(info.get("steps", 0) * cfg.batch_size / EV_CPU_IMG_S[cfg.width] / 60, 2),
+            "train_s": round(time.time() - t0, 1), "ceiling": ceiling(ev, Path(args.data)), "info": info}
 
 
 def _write(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def expand(jobs: str, args) -> list[str]:
+    """Job groups to single jobs: `sweep` -> sweep:<variant> for each selected variant, and so on."""
+    out = []
+    for job in jobs.split(","):
+        if job == "sweep":
+            out += [f"sweep:{v[0]}" for v in by_name(VARIANTS, args.variants)]
+        elif job == "evsweep":
+            out += [f"evsweep:{v[0]}" for v in by_name(EV_VARIANTS, args.ev_variants)]
+        elif job == "curve":
+            out += [f"curve:{v}" for v in (args.curve_variants.split(",") if args.curve_variants else CURVE_VARIANTS)]
+        else:
+            out.append(job)
+    return out
 
 
 def orchestrate(args) -> int:
-    """Start the jobs (full first, the others after --stagger s), wait, and summarise."""
+    """Start the jobs, stop what is left at --deadline, and summarise."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    common = [sys.executable, __file__, "--data", args.data, "--evaluator", args.evaluator, "--out", args.out,
-              "--device", args.device, "--threads", str(args.threads),
-              "--full-profile", args.full_profile, "--full-steps", str(args.full_steps),
-              "--full-minutes", str(args.full_minutes), "--quick-profile", args.quick_profile,
-              "--quick-steps", str(args.quick_steps), "--quick-minutes", str(args.quick_minutes),
-              "--sweep-profile", args.sweep_profile, "--sweep-steps", str(args.sweep_steps),
-              "--variants", str(args.variants), "--eval-scenes", str(args.eval_scenes),
-              "--eval-seed", str(args.eval_seed), "--eval-width", str(args.eval_width),
-              "--eval-epochs", str(args.eval_epochs), "--eval-minutes", str(args.eval_minutes)]
+    argv = [a for a in sys.argv[1:]]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_WAIT_POLICY="PASSIVE")
-    procs = {}
-    t0 = time.time()
-    jobs = args.jobs.split(",")
+    jobs = expand(args.jobs, args)
     if "evaluator" in jobs:
         (out / "evaluator.started").touch()
+    scenes = {args.eval_scenes} if "evaluator" in jobs else set()
+    scenes |= {v[2] for v in EV_VARIANTS if f"evsweep:{v[0]}" in jobs}
+    for n in sorted(scenes):  # once, before the jobs that share them start
+        all_pairs_set(args, n)
+    procs = {}
+    t0 = time.time()
     for job in jobs:
-        if job == "full" and "evaluator" in procs:
-            time.sleep(args.stagger_full)
-        elif job in ("quick", "sweep") and "full" in procs and not any(j in procs for j in ("quick", "sweep")):
-            time.sleep(args.stagger)
-        log = open(out / f"{job}.log", "w")
-        procs[job] = (subprocess.Popen(common + ["--job", job], stdout=log, stderr=subprocess.STDOUT, env=env), log)
+        log = open(out / f"{job.replace(':', '-')}.log", "w")
+        procs[job] = (subprocess.Popen([sys.executable, __file__, *argv, "--job", job], stdout=log,
+                                       stderr=subprocess.STDOUT, env=env), log)
         print(f"[{time.time() - t0:5.0f} s] started {job}", flush=True)
     codes = {}
     while len(codes) < len(procs):
@@ -225,13 +351,30 @@ def orchestrate(args) -> int:
                 if job == "evaluator":  # the others stop waiting for it, success or not
                     (out / "evaluator.started").unlink(missing_ok=True)
                 print(f"[{time.time() - t0:5.0f} s] {job} exited {codes[job]}", flush=True)
+        if time.time() - t0 > args.deadline:
+            for job, (p, log) in procs.items():
+                if job not in codes:
+                    p.kill()
+                    codes[job] = "killed at deadline"
+                    print(f"[{time.time() - t0:5.0f} s] {job} killed at the deadline", flush=True)
         time.sleep(1)
-    results = {"machine": machine(args.device), "args": vars(args), "exit_codes": codes}
+    results = {"machine": machine(args.device), "args": vars(args), "exit_codes": codes,
+               "wall_s": round(time.time() - t0, 1)}
     for job in procs:
-        path = out / job / "result.json"
+        folder = out / job.replace(":", "-")
+        path = folder / "result.json"
         results[job] = json.loads(path.read_text()) if path.exists() else None
+        if job.startswith("curve:"):  # killed or not, its validation records are on disk
+            metrics = next(folder.glob("*/metrics.jsonl"), None)
+            if metrics:
+                results[job] = results[job] or {"job": job}
+                results[job].setdefault("train", {})
+                results[job]["train"].update(train_summary(metrics.parent, args.profile, 0)
+                                             if not results[job]["train"].get("validation") else {})
     _write(out / "results.json", results)
-    print(summary(results))
+    text = summary(results)
+    (out / "summary.txt").write_text(text + "\n")
+    print(text)
     return 0 if all(c == 0 for c in codes.values()) else 1
 
 
@@ -247,63 +390,94 @@ def machine(device: str) -> dict:
 
 def summary(results: dict) -> str:
     """A plain-text table of every job's speed and accuracy."""
-    lines = [f"machine: {results['machine']}"]
+    lines = [f"machine: {results['machine']}", f"exit codes: {results['exit_codes']}"]
     e = results.get("evaluator")
     if e:
-        lines.append(f"evaluator: rendered in {e['render_s']} s, trained in {e['train_s']} s; ceiling " +
+        lines.append(f"evaluator (full width): rendered in {e['render_s']} s, trained in {e['train_s']} s; ceiling " +
                      "  ".join(f"{s} {c['sharp']:.3f}/{c['round_trip_32']:.3f}" for s, c in e["ceiling"].items()) +
-                     " (sharp/64-32-64)")
+                     f" (sharp/64-32-64); held-out {e['info'].get('held_out_accuracy')}")
+    for job, r in results.items():
+        if not job.startswith("evsweep:") or not r:
+            continue
+        c = r["ceiling"]
+        lines.append(f"{job:28s} {r['info'].get('steps')} steps = {r['cpu_minutes']} CPU-min "
+                     f"({r['config']['epochs']} ep, {r['images']} img): " +
+                     "  ".join(f"{s} {v['sharp']:.3f}/{v['round_trip_32']:.3f}" for s, v in c.items()) +
+                     f"  held-out {r['info'].get('held_out_accuracy')}")
     for job in ("full", "quick"):
         r = results.get(job)
-        if not r:
+        if not r or "eval" not in r:
             continue
         tr, acc = r["train"], r["eval"]["accuracy"]
         lines.append(f"{job} ({tr['profile']}): {tr['steps']} steps in {tr['wall_s']} s, img/s first window "
                      f"{tr['img_per_s_first']}, median {tr['img_per_s_median']}, GPU memory {tr['gpu_mem_gb']} GB")
         for split, by_w in acc.items():
             lines.append(f"  {split:12s} " + "  ".join(f"w={w}: {a:.3f}" for w, a in by_w.items()))
-        if "samplers_at_best_scale" in r["eval"]:
-            s = r["eval"]["samplers_at_best_scale"]
-            lines.append(f"  samplers at w={s['guidance']}: " + "  ".join(
-                f"{k}: {v['accuracy']:.3f} ({v['seconds']} s)" for k, v in s.items() if isinstance(v, dict)))
-    sweep = results.get("sweep") or {}
-    for name, v in sweep.get("variants", {}).items():
-        if "error" in v:
-            lines.append(f"sweep {name}: {v['error']}")
+    for job, r in results.items():
+        if not job.startswith("sweep:") or not r:
             continue
-        acc = v["eval"]["accuracy"]
+        if "eval" not in r:
+            lines.append(f"{job}: no evaluation ({r.get('train', {}).get('steps')} steps trained)")
+            continue
+        acc = r["eval"]["accuracy"]
         best = {split: max(by_w.values()) for split, by_w in acc.items()}
-        lines.append(f"sweep {name:12s} {v['train']['steps']} steps: best over scales " +
-                     "  ".join(f"{s} {a:.3f}" for s, a in best.items()) +
-                     "   test by w: " + " ".join(f"{w}:{a:.2f}" for w, a in acc["test"].items()))
+        mean = sum(best.values()) / len(best)
+        lines.append(f"{job:28s} {r['train']['steps']} steps (batch {r['batch_size']}): best over scales " +
+                     "  ".join(f"{s} {a:.3f}" for s, a in best.items()) + f"  mean {mean:.3f}"
+                     "   by w test/new/unseen: " + " ".join(
+                         f"{w}:{acc['test'][w]:.2f}/{acc['new_test'][w]:.2f}/{acc['unseen_test'][w]:.2f}"
+                         for w in acc["test"]))
+    for job, r in results.items():
+        if not job.startswith("curve:") or not r:
+            continue
+        every = r.get("every_steps")
+        lines.append(f"{job} (guidance {r.get('guidance')}; one check every {every} steps = "
+                     f"{r.get('every_cpu_minutes')} CPU-min):")
+        for v in r.get("train", {}).get("validation", []):
+            cpu_min = v["step"] / every * r["every_cpu_minutes"] if every else float("nan")
+            lines.append(f"  step {v['step']:6d} ~{cpu_min:5.0f} CPU-min  " +
+                         "  ".join(f"{k[:-4]} {a:.3f}" for k, a in v.items() if k.endswith("_acc")))
+    s = results.get("sampling")
+    if s and s.get("report"):
+        lines.append("sampling:\n" + s["report"])
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="data/synth")
-    p.add_argument("--evaluator", default="data/synth/evaluator.pth")
+    p.add_argument("--evaluator", default="data/synth/evaluator.pth", help="scores samples if `evaluator` is not run")
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--threads", type=int, default=4, help="torch CPU threads per job")
-    p.add_argument("--jobs", default="evaluator,full,quick,sweep")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per job")
+    p.add_argument("--jobs", default="evaluator,evsweep,sweep,curve,sampling")
     p.add_argument("--job", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--stagger-full", type=float, default=70, help="seconds after `evaluator` that `full` starts")
-    p.add_argument("--stagger", type=float, default=45, help="seconds `full` runs alone before the others start")
+    p.add_argument("--deadline", type=float, default=480, help="seconds after which unfinished jobs are stopped")
+    p.add_argument("--render-workers", type=int, default=0, help="processes for the all-pairs renders (0: all)")
     p.add_argument("--eval-scenes", type=int, default=6000)
     p.add_argument("--eval-seed", type=int, default=1)
     p.add_argument("--eval-width", type=int, default=64)
     p.add_argument("--eval-epochs", type=int, default=20)
     p.add_argument("--eval-minutes", type=float, default=2.5)
+    p.add_argument("--ev-variants", default=None, help="comma list of EV_VARIANTS names (default all)")
+    p.add_argument("--ev-scenes-scale", type=float, default=1.0, help="scales every all-pairs set (CPU checks)")
+    p.add_argument("--ev-cpu-minutes", type=float, default=9.0, help="the CPU evaluator's training budget")
+    p.add_argument("--profile", default="quick", help="profile of `quick`, `sweep` and `curve`")
+    p.add_argument("--variants", default=None, help="comma list of VARIANTS names for `sweep` (default all)")
+    p.add_argument("--cpu-minutes", type=float, default=20.0, help="CPU minutes each sweep variant gets")
+    p.add_argument("--cpu-img-per-s", type=float, default=74.0, help="the profile's CPU training speed (img/s)")
+    p.add_argument("--sweep-seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1])
+    p.add_argument("--curve-variants", default=None, help="comma list of VARIANTS names for `curve`")
+    p.add_argument("--curve-minutes", type=float, default=90.0, help="CPU minutes of the curve runs")
+    p.add_argument("--curve-every", type=float, default=10.0, help="CPU minutes between the curve's checks")
+    p.add_argument("--curve-guidance", type=float, default=2.0)
+    p.add_argument("--model", default=None, help="model of `sampling` (default pretrained/quick)")
+    p.add_argument("--sampling-seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2])
     p.add_argument("--full-profile", default="full")
     p.add_argument("--full-steps", type=int, default=3000)
     p.add_argument("--full-minutes", type=float, default=4.0)
-    p.add_argument("--quick-profile", default="quick")
     p.add_argument("--quick-steps", type=int, default=4000)
     p.add_argument("--quick-minutes", type=float, default=3.5)
-    p.add_argument("--sweep-profile", default="quick")
-    p.add_argument("--sweep-steps", type=int, default=800, help="steps of `quick` the 2-core CPU does in 20 min")
-    p.add_argument("--variants", type=int, default=5)
     args = p.parse_args(argv)
     if args.job:
         run_job(args)

@@ -191,6 +191,9 @@ def plot(path: Path, budgets_rows: list[dict], splits: list[str], scales, native
             pts = [b for b in budgets_rows if b["profile"] == prof]
             for si, w in enumerate(scales):
                 ys = [mean_acc(b["rows"], split, float(w), setting_name(EVAL_SAMPLER, EVAL_STEPS)) for b in pts]
+                if all(y is None for y in ys):  # a scale this profile is not sampled at
+                    continue
+                ys = [float("nan") if y is None else y for y in ys]
                 ax.plot([b["train_min"] for b in pts], ys, styles[pi % 4], marker="o", color=colours[si % 10],
                         label=f"{prof} w={w:g}")
             nat = [r for r in native_rows if r["profile"] == prof and r["split"] == split]
@@ -276,20 +279,23 @@ def main(argv: list[str] | None = None) -> int:
     for prof in args.profiles:
         run_dir = runs / prof
         psets = psets_all[prof]
-        evals = sum(len(v) for v in psets.values()) * len(args.seeds) * EVAL_STEPS \
-            * sum(1 if w == 1 else 2 for w in args.scales)
-        print(f"{prof}: each evaluation samples {', '.join(f'{s} {len(v)}' for s, v in psets.items())} label sets "
-              f"= {evals} network evaluations of one image")
         cfg0 = train_config(prof, run_dir, args, args.budgets[-1], max_steps[prof])
         t = cfg0.train
+        # Classifier-free guidance needs the unconditional model that condition dropout trains; a recipe
+        # without it (the seed report's) is sampled as it prescribes, without guidance.
+        pscales = args.scales if t.cond_drop_prob > 0 else [1.0]
+        evals = sum(len(v) for v in psets.values()) * len(args.seeds) * EVAL_STEPS \
+            * sum(1 if w == 1 else 2 for w in pscales)
+        print(f"{prof}: each evaluation samples {', '.join(f'{s} {len(v)}' for s, v in psets.items())} label sets "
+              f"= {evals} network evaluations of one image")
         sched = (f"{prof}: LR {t.lr_scheduler} with {t.lr_warmup_steps} warmup steps to {t.lr:g} over max_steps="
                  f"{t.max_steps}, set once for the whole run; every budget resumes the same run, so the schedule "
                  f"equals one uninterrupted run of {args.budgets[-1]:g} min, and it depends on steps, not minutes")
         notes.append(sched)
         print(sched)
         if t.cond_drop_prob == 0:
-            notes.append(f"{prof}: trained without condition dropout (cond_drop_prob 0), so guidance scales > 1 "
-                         f"extrapolate from an all-zero label the model never saw")
+            notes.append(f"{prof}: trained without condition dropout (cond_drop_prob 0), so it has no unconditional "
+                         f"model to guide with: sampled without guidance (scale 1) only, as its recipe prescribes")
         trained_s, step, last, evaluated = 0.0, 0, None, None
         batch = t.batch_size
         seg_info: list[dict] = []
@@ -320,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 pipe = load_pipeline(run_dir, args.device)
                 t0 = time.perf_counter()
-                rows = sample_rows(pipe, ev, psets, EVAL_SAMPLER, EVAL_STEPS, args.scales, args.seeds,
+                rows = sample_rows(pipe, ev, psets, EVAL_SAMPLER, EVAL_STEPS, pscales, args.seeds,
                                    out / "grids", f"{prof}-{budget:g}min")
                 print(f"  sampled and scored in {time.perf_counter() - t0:.0f} s", flush=True)
                 evaluated = rows
@@ -345,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                 * (1 if own.guidance_scale == 1 else 2)
             estimate = per_eval * evals / 60
             native["estimated_minutes"] = round(estimate, 3)
-            if (own.sampler, own.num_steps) == (EVAL_SAMPLER, EVAL_STEPS) and own.guidance_scale in args.scales:
+            if (own.sampler, own.num_steps) == (EVAL_SAMPLER, EVAL_STEPS) and own.guidance_scale in pscales:
                 native["skipped"] = "already measured in the DPM++-20 sweep"
             elif estimate > args.native_max_minutes:
                 native["skipped"] = (f"estimated {estimate:.3g} min > --native-max-minutes "
@@ -377,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                       "" if b["img_per_s"] is None else f"{b['img_per_s']:.1f}",
                       "" if b["lr"] is None else f"{b['lr']:.3g}",
                       min(len(v) for v in psets_all[b["profile"]].values()),
-                      *[f"{a:.3f}" for a in accs]])
+                      *["–" if a is None else f"{a:.3f}" for a in accs]])
     report = [f"Accuracy with {eval_name}, mean over seeds {args.seeds}; sets = label sets sampled per split; "
               f"img/s = training images per second in the segment; train min = minutes of training steps",
               C.format_table(header, table)]

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .data import DATA_DIR, PROJECT_ROOT, CourseData, default_data_root
-from .errors import CheckpointError, DataError, Lab6Error
+from .errors import CheckpointError, ConfigError, DataError, Lab6Error
 from .io import atomic_path, check_writable_dir, ensure_writable_dir, write_json
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -34,6 +34,8 @@ class RunConfig:
     seed: int = 0
     force: bool = False
     synth_scenes: int = 6000  # scenes rendered when the synthetic dataset is missing
+    max_steps: int = 0  # notebook 03's training steps; 0 = the profile's (quick: 1800, ~20 min on 2 cores)
+    ddpm_1000: bool = True  # notebook 04 compares DDPM-1000 too (~9 min for 32 images on a 2-core CPU)
 
     def resolved(self) -> "RunConfig":
         """A copy with the empty defaults filled in and paths made absolute."""
@@ -45,7 +47,7 @@ class RunConfig:
     def notebook_parameters(self) -> dict:
         """The flat literals injected into each notebook's `parameters` cell."""
         return {"profile": self.profile, "data_root": self.data_root, "run_dir": self.run_dir,
-                "device": self.device, "seed": self.seed}
+                "device": self.device, "seed": self.seed, "max_steps": self.max_steps, "ddpm_1000": self.ddpm_1000}
 
 
 def ensure_data(cfg: RunConfig) -> CourseData:
@@ -136,6 +138,8 @@ def run_pipeline(cfg: RunConfig) -> Path:
 
     cfg = cfg.resolved()
     check_device(cfg.device or None, "--device")
+    if cfg.max_steps < 0:
+        raise ConfigError(f"--max-steps: expected 0 (the profile's) or a positive number of steps, got {cfg.max_steps}")
     check_writable_dir(cfg.run_dir)
     t0 = time.time()
     ensure_data(cfg)
@@ -171,7 +175,8 @@ def run_pipeline(cfg: RunConfig) -> Path:
 def main_run(args) -> int:
     """`lab6 run`: the whole pipeline, headless."""
     cfg = RunConfig(profile=args.profile, data_root=args.data_root or "", run_dir=args.out or "",
-                    device=args.device or "", force=args.force)
+                    device=args.device or "", force=args.force, max_steps=args.max_steps,
+                    ddpm_1000=not args.no_ddpm_1000)
     run_pipeline(cfg)
     return 0
 

@@ -469,6 +469,18 @@ def test_train_variants_and_config_checks(tmp_path, capsys):
     assert 1 <= E.idle_cores() <= (os.cpu_count() or 1)
 
 
+def test_idle_cores_reads_the_cpu_now_not_the_load_average(monkeypatch):
+    """Right after `make run` renders data the 1-minute load average is still high; it must not cost a thread."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = E._cpu_busy(0.05)
+    assert busy is None or 0 <= busy <= (os.cpu_count() or 1) + 1e-6
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 5.0, cores + 5.0, cores + 5.0))
+    monkeypatch.setattr(E, "_cpu_busy", lambda seconds=0.5: 0.0)
+    assert E.idle_cores() == cores
+    monkeypatch.setattr(E, "_cpu_busy", lambda seconds=0.5: None)  # no /proc/stat: the load average decides
+    assert E.idle_cores() == 1
+
+
 def test_cli_train_evaluator(tmp_path, capsys):
     root = write_course_layout(tmp_path / "ds", n=24)
     out = tmp_path / "ev.pth"

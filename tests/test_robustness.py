@@ -339,6 +339,9 @@ ROWS = {
                                        ["{tmp}/a_file/out: output folder cannot be created"]),
     "run-out-unwritable": (lambda w, t: ["run", "--profile", "tiny", "--data-root", w.ds, "--out", _blocked(t)], 1,
                            ["{tmp}/a_file/out: output folder cannot be created"]),
+    "run-max-steps-negative": (lambda w, t: ["run", "--profile", "tiny", "--data-root", w.ds, "--out", t / "out",
+                                             "--max-steps", -3], 1,
+                               ["--max-steps: expected 0 (the profile's) or a positive number of steps, got -3"]),
     # checkpoints and exported models
     "resume-missing": (lambda w, t: _train(w, t, resume=t / "nope"), 1,
                        ["{tmp}/nope: checkpoint not found; pass --resume latest or a checkpoint-<step>/ folder"]),
