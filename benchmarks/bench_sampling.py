@@ -1,4 +1,4 @@
-"""Samplers of one trained model: evaluator accuracy and seconds for DDPM-1000, DDIM-50/25, DPM-Solver++ 25/20/10.
+"""Samplers of one trained model: evaluator accuracy and seconds for DDPM-1000, DDIM, DPM-Solver++ and its SDE.
 
     .venv/bin/python benchmarks/bench_sampling.py [--model DIR] [--split test] [--guidance default,1]
         [--seeds 0] [--settings DDPM-1000,DDIM-50,...] [--out DIR] [--device cpu]
@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="label file to sample (default test: 32 label sets)")
     p.add_argument("--num-images", type=int, default=None, help="first N label sets of the split (default all)")
     p.add_argument("--settings", type=C.name_list, default=None,
-                   help="comma-separated subset of DDPM-1000,DDIM-50,DDIM-25,DPM++-25,DPM++-20,DPM++-10 "
-                        "(default all)")
+                   help="comma-separated subset of the names in lab6.compare.SAMPLER_SETTINGS (default all: "
+                        "DDPM-1000,DDIM-50,DDIM-25,DPM++-25,DPM++-20,DPM++-10,SDE-DPM++-25)")
     p.add_argument("--guidance", default="default,1",
                    help="guidance scales: numbers or 'default' (the model's own); default 'default,1'")
     p.add_argument("--seeds", type=C.int_list, default=[0], help="sampling seeds, averaged (default 0)")

@@ -10,10 +10,8 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .config import PROFILES, SAMPLERS  # dataclasses only: importing them loads no torch
 from .errors import Lab6Error
-
-PROFILES = ("tiny", "quick", "full", "seed")
-SAMPLERS = ("ddpm", "ddim", "dpm")
 
 
 # ---------------------------------------------------------------- synth

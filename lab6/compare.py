@@ -17,6 +17,7 @@ SAMPLER_SETTINGS = (
     ("DPM++-25", "dpm", 25),
     ("DPM++-20", "dpm", 20),
     ("DPM++-10", "dpm", 10),
+    ("SDE-DPM++-25", "dpm-sde", 25),
 )
 
 

@@ -13,7 +13,9 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
 from .config import SAMPLERS, ScheduleConfig
 from .errors import ConfigError
 
-SAMPLER_CLASSES = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+SAMPLER_CLASSES = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,
+                   "dpm-sde": DPMSolverMultistepScheduler}
+_DPM_ALGORITHMS = {"dpm": "dpmsolver++", "dpm-sde": "sde-dpmsolver++"}  # DPM-Solver++(2M), and its SDE variant
 _SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
                   "rescale_betas_zero_snr", "trained_betas")
 
@@ -31,7 +33,8 @@ def _schedule_kwargs(schedule: ScheduleConfig | Mapping | SchedulerMixin | None)
 
 def make_scheduler(schedule: ScheduleConfig | Mapping | SchedulerMixin | None = None, sampler: str = "ddpm",
                    timestep_spacing: str = "leading", **kwargs) -> SchedulerMixin:
-    """A diffusers scheduler ('ddpm', 'ddim' or 'dpm' = DPM-Solver++(2M)) for a schedule or another scheduler."""
+    """A diffusers scheduler for a schedule or another scheduler: 'ddpm', 'ddim', 'dpm' = DPM-Solver++(2M), or
+    'dpm-sde' = SDE-DPM-Solver++(2M) (stochastic: it adds fresh noise at every step, like DDPM)."""
     if sampler not in SAMPLER_CLASSES:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     # Every sampler clips its predicted x0 to [-1, 1]: dynamic thresholding with sample_max_value 1 is exactly that
@@ -43,12 +46,15 @@ def make_scheduler(schedule: ScheduleConfig | Mapping | SchedulerMixin | None = 
     if sampler in ("ddpm", "ddim"):
         args |= dict(clip_sample=True, clip_sample_range=1.0)
     else:
-        args |= dict(algorithm_type="dpmsolver++", solver_order=2)
+        args |= dict(algorithm_type=_DPM_ALGORITHMS[sampler], solver_order=2)
     return SAMPLER_CLASSES[sampler](**(args | kwargs))
 
 
 def sampler_name(scheduler: SchedulerMixin) -> str:
-    """'ddpm', 'ddim' or 'dpm' for one of our scheduler classes, else the class name."""
+    """'ddpm', 'ddim', 'dpm' or 'dpm-sde' for one of our schedulers, else the class name."""
+    if type(scheduler) is DPMSolverMultistepScheduler:
+        sde = str(scheduler.config.get("algorithm_type", "")).startswith("sde")
+        return "dpm-sde" if sde else "dpm"
     for name, cls in SAMPLER_CLASSES.items():
         if type(scheduler) is cls:
             return name

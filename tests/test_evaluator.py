@@ -414,7 +414,7 @@ def test_train_evaluator_tiny_resume_and_skip(tmp_path, monkeypatch, capsys):
     ref = E.train_evaluator(root, tmp_path / "ref.pth", cfg, progress=False)
     ref_ckpt = torch.load(ref, weights_only=True)
     assert ref_ckpt["complete"] and ref_ckpt["steps"] == 4 and set(ref_ckpt["model"]) == set(E.expected_shapes())
-    assert ref_ckpt["train_width"] == ref_ckpt["config"]["width"] == 16  # auto width on a CPU
+    assert ref_ckpt["train_width"] == ref_ckpt["config"]["width"] == 32  # auto width on a CPU
     E.Evaluator(ref, device="cpu")  # the course format loads
 
     # Interrupt a run after 3 augment calls (steps 0-2 done), then resume: same weights as the uninterrupted run.

@@ -82,7 +82,8 @@ def test_run_metrics_are_recorded_and_consistent(tiny_run, tiny_data):
         assert res["accuracy (seed 0)"] == pytest.approx(d["accuracy"], abs=1e-6)
         assert res["min"] <= res["mean over 3 seeds"] <= res["max"]
         assert 0 <= m["05_results"]["ablation"][split]["no labels"] <= 1
-    assert set(m["04_sampling"]["samplers"]) == {"DDIM-50", "DDIM-25", "DPM++-25", "DPM++-20", "DPM++-10"}
+    assert set(m["04_sampling"]["samplers"]) == {"DDIM-50", "DDIM-25", "DPM++-25", "DPM++-20", "DPM++-10",
+                                                     "SDE-DPM++-25"}
 
 
 def test_rerun_skips_complete_notebooks(tiny_run, tiny_data):

@@ -10,7 +10,7 @@ from lab6.errors import LabelError
 from lab6.model import build_model
 from lab6.pipeline import ConditionalDDPMPipeline, guided
 from lab6.sample import generators, load_pipeline, sample, set_sampler
-from lab6.schedules import make_scheduler
+from lab6.schedules import make_scheduler, sampler_name
 from lab6.train import build_pipeline
 
 SETS = [["red sphere", "cyan cube"], ["gray cube"], ["blue cylinder", "green sphere", "yellow cube"]]
@@ -24,7 +24,7 @@ def pipe():
     return p
 
 
-@pytest.mark.parametrize("sampler, steps", [("ddpm", 1000), ("ddim", 10), ("dpm", 10)])
+@pytest.mark.parametrize("sampler, steps", [("ddpm", 1000), ("ddim", 10), ("dpm", 10), ("dpm-sde", 10)])
 def test_samplers_shapes_and_ranges(pipe, sampler, steps):
     out = sample(pipe, SETS[:2], sampler=sampler, num_steps=steps, guidance_scale=2.0, seed=0,
                  capture_steps=[0, steps // 2, -1])
@@ -33,8 +33,19 @@ def test_samplers_shapes_and_ranges(pipe, sampler, steps):
     assert x.min() >= -1 and x.max() <= 1 and torch.isfinite(x).all()
     assert out.xt.shape == out.x0.shape == (3, 2, 3, 64, 64)
     assert out.timesteps[0] == 999 and out.timesteps == sorted(out.timesteps, reverse=True)
-    cls = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}[sampler]
-    assert type(pipe.scheduler) is cls
+    cls = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,
+           "dpm-sde": DPMSolverMultistepScheduler}[sampler]
+    assert type(pipe.scheduler) is cls and sampler_name(pipe.scheduler) == sampler
+
+
+def test_sde_sampler_is_seeded_per_image_and_differs_from_the_ode(pipe):
+    """SDE-DPM-Solver++ draws fresh noise each step from the per-image generators: same seed, same image,
+    whatever the batch; and not the deterministic DPM-Solver++ result."""
+    a = sample(pipe, SETS, sampler="dpm-sde", num_steps=6, seed=3, batch_size=3).images
+    b = sample(pipe, SETS, sampler="dpm-sde", num_steps=6, seed=3, batch_size=1).images
+    ode = sample(pipe, SETS, sampler="dpm", num_steps=6, seed=3, batch_size=3).images
+    assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(a, ode, atol=1e-3)
 
 
 def test_guidance_scale_one_is_the_conditional_model(pipe):
