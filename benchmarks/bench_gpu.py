@@ -246,6 +246,8 @@ def ceiling(ev, data_root: Path) -> dict:
     data = CourseData(data_root)
     res = {}
     for split in data.splits():
+        if not (data.root / f"{split}_gt").is_dir():  # no ground-truth renders (not a synthetic set)
+            continue
         sets = data.label_sets(split)
         x = load_image_folder(data.root / f"{split}_gt", len(sets))
         res[split] = {"sharp": round(ev.accuracy(x, sets), 4), "round_trip_32": round(ev.accuracy(round_trip(x, 32), sets), 4)}

@@ -135,6 +135,7 @@ def _profiles() -> dict[str, Config]:
         model=ModelConfig(block_out_channels=(32, 64, 64), resnet_time_scale_shift="scale_shift"),
         train=TrainConfig(output_dir="outputs/quick/train", num_threads=2, max_steps=1800, lr_warmup_steps=150,
                           max_minutes=20.0, min_snr_gamma=5.0, validate_every=600),
+        sample=SampleConfig(sampler="dpm-sde"),  # +0.02 to +0.09 over DPM-Solver++ at 25 steps (bench_sampling)
     )
     full = Config(
         profile="full",

@@ -25,7 +25,7 @@ from lab6.evaluator import ResNet18
 from .conftest import REPO, write_course_layout
 
 BENCH = REPO / "benchmarks"
-SCRIPTS = ("bench_synth.py", "bench_evaluator.py", "bench_quality.py", "bench_sampling.py")
+SCRIPTS = ("bench_synth.py", "bench_evaluator.py", "bench_quality.py", "bench_sampling.py", "bench_gpu.py")
 
 
 def run(script: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -141,3 +141,30 @@ def test_sampling_on_the_tiny_run(quality_run, tmp_path):
     assert len(info["summary"]) == 4 and info["machine"]["torch_threads"] >= 1
     assert "acc w=2 (default)" in (out / "report.txt").read_text()
 
+
+
+def test_gpu_session_script_runs_its_jobs_on_the_cpu(tmp_path):
+    """bench_gpu's jobs with tiny settings on the CPU (how it is checked before it spends GPU time): each job
+    writes its result, steps follow the CPU speed ratios, and the summary names every job."""
+    ds = write_course_layout(tmp_path / "ds")
+    torch.manual_seed(0)
+    torch.save({"model": ResNet18().state_dict()}, ds / "evaluator.pth")  # untrained: scores, but means nothing
+    out = tmp_path / "g"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), "--data", str(ds), "--out", str(out),
+                        "--device", "cpu", "--profile", "tiny", "--jobs", "evsweep,sweep,curve",
+                        "--ev-variants", "w16-20ep", "--variants", "quick,batch-32", "--curve-variants", "quick",
+                        "--ev-scenes-scale", "0.001", "--ev-cpu-minutes", "0.01", "--cpu-minutes", "0.05",
+                        "--curve-minutes", "0.1", "--curve-every", "0.05", "--sweep-seeds", "0", "--deadline", "300"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["exit_codes"] == {"evsweep:w16-20ep": 0, "sweep:quick": 0, "sweep:batch-32": 0, "curve:quick": 0}
+    quick, b32 = res["sweep:quick"], res["sweep:batch-32"]
+    assert quick["train"]["steps"] == round(0.05 * 60 * 74.0 / 8)  # tiny's batch 8 at quick's CPU speed
+    assert b32["batch_size"] == 32 and b32["train"]["steps"] == round(0.05 * 60 * 74.0 * 0.955 / 32)
+    assert set(quick["eval"]["accuracy"]) == {"test", "new_test"}
+    assert [v["step"] for v in res["curve:quick"]["train"]["validation"]][:2] == [28, 56]
+    assert res["evsweep:w16-20ep"]["config"]["width"] == 16 and res["evsweep:w16-20ep"]["info"]["steps"] >= 1
+    summary = (out / "summary.txt").read_text()
+    assert all(job in summary for job in res["exit_codes"])
