@@ -289,7 +289,7 @@ def evsweep_job(args, out: Path, over: dict, scenes: int) -> dict:
     eval_data = all_pairs_set(args, scenes)
     n = len(CourseData(eval_data).train)
     cfg = EvaluatorTrainConfig(**over)
-    steps_per_epoch = (n - min(cfg.val_images, n // 5)) // cfg.batch_size
+    steps_per_epoch = max(1, (n - min(cfg.val_images, n // 5)) // cfg.batch_size)  # as train_evaluator counts
     cpu = cpu_steps(args.ev_cpu_minutes, EV_CPU_IMG_S[cfg.width], cfg.batch_size)
     cfg.epochs = max(1, min(cfg.epochs, round(cpu / steps_per_epoch)))  # what ends first on the CPU
     cfg.max_minutes, cfg.threads = 0, args.threads
@@ -426,9 +426,8 @@ def summary(results: dict) -> str:
         mean = sum(best.values()) / len(best)
         lines.append(f"{job:28s} {r['train']['steps']} steps (batch {r['batch_size']}): best over scales " +
                      "  ".join(f"{s} {a:.3f}" for s, a in best.items()) + f"  mean {mean:.3f}"
-                     "   by w test/new/unseen: " + " ".join(
-                         f"{w}:{acc['test'][w]:.2f}/{acc['new_test'][w]:.2f}/{acc['unseen_test'][w]:.2f}"
-                         for w in acc["test"]))
+                     f"   by w {'/'.join(acc)}: " + " ".join(
+                         f"{w}:" + "/".join(f"{acc[split][w]:.2f}" for split in acc) for w in next(iter(acc.values()))))
     for job, r in results.items():
         if not job.startswith("curve:") or not r:
             continue

@@ -35,7 +35,7 @@ from pathlib import Path  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm": "DPM++"}
+SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm": "DPM++", "dpm-sde": "SDE-DPM++"}  # as in lab6.compare
 SPLITS = ("test", "new_test", "unseen_test")
 EVAL_SAMPLER, EVAL_STEPS = "dpm", 20
 CSV_HEADER = ["profile", "budget_min", "train_min", "steps", "max_steps", "lr", "train_img_per_s", "load_avg_1m",
