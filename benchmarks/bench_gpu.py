@@ -35,22 +35,36 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SCALES = (1.0, 2.0, 3.0, 4.0, 5.0)
-# Quick-recipe variants: (name, overrides, CPU speed ratio). The ratio is the variant's training images per
-# second on the 2-core CPU relative to `quick` (measured there, see benchmarks/README.md), so each variant
-# gets the steps that the CPU would do for it in the same minutes.
+# Quick-recipe variants: (name, overrides of the `quick` profile, CPU speed ratio). The ratio is the variant's
+# training images per second on the 2-core CPU relative to the profile's (--cpu-img-per-s, measured there),
+# so each variant gets the steps that the CPU would do for it in the same minutes.
+QUICK_IMG_S = 103.6  # the quick profile, batch 64, 2 threads (bench_quality, 2026-11-26)
+# The recipe `quick` had before the 2026-11-26 sweep made its winner the profile; it trained at 74.1 img/s.
+_OLD = {"model": {"block_out_channels": (32, 64, 128), "resnet_time_scale_shift": "default"},
+        "train": {"min_snr_gamma": None}}
+_R = 74.1 / QUICK_IMG_S
+
+
+def _old(model=None, train=None, schedule=None):
+    """Overrides of the old quick recipe with `model`, `train` and `schedule` changes on top."""
+    over = {"model": {**_OLD["model"], **(model or {})}, "train": {**_OLD["train"], **(train or {})}}
+    return over | ({"schedule": schedule} if schedule else {})
+
+
 VARIANTS = (
-    ("quick", {}, 1.0),
-    ("min-snr-5", {"train": {"min_snr_gamma": 5.0}}, 1.0),
-    ("min-snr-5-lr-1e-3", {"train": {"min_snr_gamma": 5.0, "lr": 1e-3}}, 1.0),
-    ("batch-32", {"train": {"batch_size": 32}}, 0.955),
-    ("batch-128-lr-3e-3", {"train": {"batch_size": 128, "lr": 3e-3}}, 1.029),
-    ("scale-shift", {"model": {"resnet_time_scale_shift": "scale_shift"}}, 0.944),
-    ("narrow-64", {"model": {"block_out_channels": (32, 64, 64)}}, 1.381),
-    ("zero-snr", {"schedule": {"zero_terminal_snr": True}}, 1.0),
-    ("eps-pred", {"schedule": {"prediction_type": "epsilon"}}, 1.0),
-    ("narrow-64-min-snr-5", {"model": {"block_out_channels": (32, 64, 64)}, "train": {"min_snr_gamma": 5.0}}, 1.381),
-    ("narrow-64-min-snr-5-ss", {"model": {"block_out_channels": (32, 64, 64), "resnet_time_scale_shift": "scale_shift"},
-                                "train": {"min_snr_gamma": 5.0}}, 1.30),
+    ("quick", {}, 1.0),  # the current profile (= old + narrow-64 + min-snr-5 + scale-shift below)
+    # the 2026-11-26 sweep (benchmarks/README.md), each relative to the old recipe, speeds measured on the CPU
+    ("old-quick", _old(), _R),
+    ("min-snr-5", _old(train={"min_snr_gamma": 5.0}), _R),
+    ("min-snr-5-lr-1e-3", _old(train={"min_snr_gamma": 5.0, "lr": 1e-3}), _R),
+    ("batch-32", _old(train={"batch_size": 32}), _R * 70.8 / 74.1),
+    ("batch-128-lr-3e-3", _old(train={"batch_size": 128, "lr": 3e-3}), _R * 76.3 / 74.1),
+    ("scale-shift", _old(model={"resnet_time_scale_shift": "scale_shift"}), _R * 70.0 / 74.1),
+    ("narrow-64", _old(model={"block_out_channels": (32, 64, 64)}), _R * 102.4 / 74.1),
+    ("zero-snr", _old(schedule={"zero_terminal_snr": True}), _R),
+    ("eps-pred", _old(schedule={"prediction_type": "epsilon"}), _R),
+    ("narrow-64-min-snr-5", _old(model={"block_out_channels": (32, 64, 64)}, train={"min_snr_gamma": 5.0}),
+     _R * 102.4 / 74.1),
 )
 CURVE_VARIANTS = ("quick",)
 # CPU evaluator recipes: (name, EvaluatorTrainConfig overrides, all-pairs scenes). Each trains for what the
@@ -466,7 +480,8 @@ def main(argv=None) -> int:
     p.add_argument("--profile", default="quick", help="profile of `quick`, `sweep` and `curve`")
     p.add_argument("--variants", default=None, help="comma list of VARIANTS names for `sweep` (default all)")
     p.add_argument("--cpu-minutes", type=float, default=20.0, help="CPU minutes each sweep variant gets")
-    p.add_argument("--cpu-img-per-s", type=float, default=74.0, help="the profile's CPU training speed (img/s)")
+    p.add_argument("--cpu-img-per-s", type=float, default=QUICK_IMG_S,
+                   help="the profile's CPU training speed (img/s); VARIANTS' ratios are relative to it")
     p.add_argument("--sweep-seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1])
     p.add_argument("--curve-variants", default=None, help="comma list of VARIANTS names for `curve`")
     p.add_argument("--curve-minutes", type=float, default=90.0, help="CPU minutes of the curve runs")
