@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PROFILE ?= quick
 ARGS ?=
 # `make run` is sized for a 2-core CPU (about 30 min): notebook 03 trains 900 steps (~10 min) instead of the
-# profile's 1800, and notebook 04 leaves DDPM-1000 (~9 min) out of its sampler comparison.
+# profile's 1800, and notebook 04 leaves DDPM-1000 (~4 min) out of its sampler comparison.
 # On a GPU: `make run RUN_ARGS=` (the profile's whole training and every sampler).
 RUN_ARGS ?= --max-steps 900 --no-ddpm-1000
 

@@ -461,7 +461,8 @@ def summary(results: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="data/synth")
-    p.add_argument("--evaluator", default="data/synth/evaluator.pth", help="scores samples if `evaluator` is not run")
+    p.add_argument("--evaluator", default=None,
+                   help="scores samples if `evaluator` is not run (default <data>/evaluator.pth)")
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="cuda")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per job")
@@ -495,6 +496,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick-steps", type=int, default=4000)
     p.add_argument("--quick-minutes", type=float, default=3.5)
     args = p.parse_args(argv)
+    args.evaluator = args.evaluator or str(Path(args.data) / "evaluator.pth")
     if args.job:
         run_job(args)
         return 0
