@@ -59,7 +59,7 @@ def _add_train_evaluator(sub) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3, AdamW)")
     p.add_argument("--width", type=int, default=None,
                    help="channels of the first stage while training, zero-padded to the course's 64 when saved "
-                        "(default: 64 on a GPU, 32 on a CPU, where it trains 4x faster)")
+                        "(default: 64 on a GPU, 32 on a CPU: ~4x fewer operations)")
     p.add_argument("--force", action="store_true",
                    help="retrain even if a complete checkpoint for the same config and data exists")
     p.set_defaults(func=_cmd_train_evaluator)

@@ -427,7 +427,7 @@ class EvaluatorTrainConfig:
     lr: float = 2e-3                 # peak learning rate
     weight_decay: float = 5e-4
     width: int = 0                   # channels of the first stage while training; < 64 is zero-padded to 64 at
-                                     # the end (same outputs). 0 = 64 on a GPU, 32 on a CPU (4x faster there)
+                                     # the end (same outputs). 0 = 64 on a GPU, 32 on a CPU (~4x fewer operations)
     zero_init_residual: bool = True  # start each block's last BN scale at 0 (weights only; same forward)
     resolutions: tuple[tuple[float, int], ...] = ((1.0, 64),)  # (until progress, px): optional low-res first
     warmup: float = 0.1              # fraction of the schedule spent warming the learning rate up
@@ -663,7 +663,7 @@ def train_evaluator(data: str | os.PathLike, out: str | os.PathLike | None = Non
     out = Path(out) if out is not None else root / "evaluator.pth"
     partial = out.with_name(out.name + ".partial")
     dev = resolve_device(device)
-    if cfg.width == 0:  # auto: the full network on a GPU, a narrow one (4x faster) on a CPU
+    if cfg.width == 0:  # auto: the full network on a GPU, a narrow one (~4x fewer operations) on a CPU
         cfg.width = 64 if dev.type == "cuda" else 32
     if out.is_dir():
         raise ConfigError(f"{out}: is a folder; --out takes the checkpoint's file path, e.g. {out / 'evaluator.pth'}")
