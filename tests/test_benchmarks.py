@@ -75,6 +75,27 @@ def test_bad_budgets_are_a_one_line_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_evaluator_ceiling_with_fresh_renders(tmp_path):
+    ds = write_course_layout(tmp_path / "ds")
+    torch.manual_seed(0)
+    torch.save({"model": ResNet18().state_dict()}, ds / "evaluator.pth")  # untrained: misses, and says so
+    (ds / "test_gt").mkdir()
+    for i, name in enumerate(sorted((ds / "iclevr").iterdir())[:8]):
+        (ds / "test_gt" / f"{i}.png").write_bytes(name.read_bytes())
+    r = run("bench_evaluator.py", "--data", str(ds), "--renders", "2", "--render-seed", "5")
+    assert r.returncode == 1, r.stderr  # an untrained evaluator does not meet the target
+    assert "target: >= 0.99" in r.stdout and "NOT met" in r.stdout
+    lines = r.stdout.splitlines()
+    fresh = lines.index(next(line for line in lines if line.startswith("2 fresh renders")))
+    rows = {line.split()[0]: line.split() for line in lines[fresh + 2:fresh + 4]}
+    assert rows["test"][1] == "16" and rows["new_test"][1] == "16"  # 2 renders x 8 label sets each
+    labels = sum(len(s) for s in json.loads((ds / "test.json").read_text())) * 2
+    assert rows["test"][3].endswith(f"/{labels})")  # every label of every render counted
+    assert "new_test" in r.stdout and "no new_test_gt/ folder" in r.stdout  # sharp table skips what is absent
+    bad = run("bench_evaluator.py", "--data", str(ds), "--renders", "-1")
+    assert bad.returncode == 2 and "--renders: expected a count >= 0, got -1" in bad.stderr
+
+
 @pytest.fixture(scope="module")
 def quality_run(tmp_path_factory):
     """bench_quality on the tiny profile: two budgets of 0.6 and 1.2 s of training on a 12-image dataset."""
