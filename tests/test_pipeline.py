@@ -10,7 +10,9 @@ import nbformat
 import pytest
 from PIL import Image
 
+from lab6.data import load_image_folder
 from lab6.errors import Lab6Error
+from lab6.evaluator import Evaluator
 from lab6.run import NOTEBOOK_DIR, NOTEBOOKS
 from tests.conftest import REPO
 
@@ -82,6 +84,10 @@ def test_run_metrics_are_recorded_and_consistent(tiny_run, tiny_data):
         assert res["accuracy (seed 0)"] == pytest.approx(d["accuracy"], abs=1e-6)
         assert res["min"] <= res["mean over 3 seeds"] <= res["max"]
         assert 0 <= m["05_results"]["ablation"][split]["no labels"] <= 1
+        # the evaluator's ceiling: its accuracy on the dataset's ground-truth renders of the same label sets
+        sets = json.loads((tiny_data / f"{split}.json").read_text())
+        gt = Evaluator(tiny_data / "evaluator.pth").accuracy(load_image_folder(tiny_data / f"{split}_gt", len(sets)), sets)
+        assert res["evaluator ceiling"] == pytest.approx(gt, abs=1e-6)
     assert set(m["04_sampling"]["samplers"]) == {"DDIM-50", "DDIM-25", "DPM++-25", "DPM++-20", "DPM++-10",
                                                      "SDE-DPM++-25"}
 
