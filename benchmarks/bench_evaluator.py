@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", action="store_true", help="train the evaluator first if it is not complete")
     parser.add_argument("--device", default=None, help="cpu or cuda")
     parser.add_argument("--renders", type=int, default=0, metavar="K",
-                        help="also score K fresh renders of every label set (default 0; ~0.1 s per image to render)")
+                        help="also score K fresh renders of every label set (default 0; about 5 ms per image on 2 cores)")
     parser.add_argument("--render-seed", type=int, default=1000,
-                        help="first scene seed of those renders (default 1000; the dataset's own use its seed)")
+                        help="first scene seed of those renders (default 1000; never the dataset's own scenes)")
     args = parser.parse_args(argv)
     if args.renders < 0:
         parser.error(f"--renders: expected a count >= 0, got {args.renders}")
