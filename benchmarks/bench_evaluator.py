@@ -89,24 +89,26 @@ def fresh_renders(ev: E.Evaluator, data: CourseData, k: int, seed: int) -> None:
     from lab6.data import from_uint8
     from lab6.synth import render_labels
 
-    print(f"\n{k} fresh renders of every label set (scene seeds {seed}..{seed + k - 1}), sharp:")
-    print(f"{'split':<12} {'images':>6} {'accuracy':>20}   misses by objects per image (1/2/3): miss/labels")
+    print(f"\n{k} fresh renders of every label set (scene seeds {seed}..{seed + k - 1}), sharp and 64->32->64:")
+    print(f"{'split':<12} {'images':>6} {'sharp':>20} {'64->32->64':>20}   sharp misses by objects per image "
+          f"(1/2/3): miss/labels")
     for split in data.splits():
         label_sets = data.label_sets(split)
         t0 = time.perf_counter()
-        results = []
+        results, round_tripped = [], []
         for j in range(k):
             images = from_uint8(render_labels(label_sets, seed=seed + j))  # (B, 3, 64, 64) in [-1, 1]
             results += ev.breakdown(images, label_sets)
-        counts = E.summarize(results)
+            round_tripped += ev.breakdown(E.round_trip(images, 32), label_sets)
+        counts, rt = E.summarize(results), E.summarize(round_tripped)
         by_n = {n: [0, 0] for n in (1, 2, 3)}
         for r in results:
             by_n.setdefault(len(r.labels), [0, 0])
             by_n[len(r.labels)][0] += len(r.misses)
             by_n[len(r.labels)][1] += len(r.labels)
-        acc = f"{counts['hits'] / counts['labels']:.4f} ({counts['hits']}/{counts['labels']})"
+        acc = [f"{c['hits'] / c['labels']:.4f} ({c['hits']}/{c['labels']})" for c in (counts, rt)]
         per_n = "  ".join(f"{m}/{t}" for _, (m, t) in sorted(by_n.items()))
-        print(f"{split:<12} {len(results):>6} {acc:>20}   {per_n}   shape/colour/missing "
+        print(f"{split:<12} {len(results):>6} {acc[0]:>20} {acc[1]:>20}   {per_n}   shape/colour/missing "
               f"{counts[E.WRONG_SHAPE]}/{counts[E.WRONG_COLOUR]}/{counts[E.MISSING]}  ({time.perf_counter() - t0:.1f} s)")
 
 

@@ -90,7 +90,7 @@ def test_evaluator_ceiling_with_fresh_renders(tmp_path):
     rows = {line.split()[0]: line.split() for line in lines[fresh + 2:fresh + 4]}
     assert rows["test"][1] == "16" and rows["new_test"][1] == "16"  # 2 renders x 8 label sets each
     labels = sum(len(s) for s in json.loads((ds / "test.json").read_text())) * 2
-    assert rows["test"][3].endswith(f"/{labels})")  # every label of every render counted
+    assert rows["test"][3].endswith(f"/{labels})") and rows["test"][5].endswith(f"/{labels})")  # sharp, round trip
     assert "new_test" in r.stdout and "no new_test_gt/ folder" in r.stdout  # sharp table skips what is absent
     bad = run("bench_evaluator.py", "--data", str(ds), "--renders", "-1")
     assert bad.returncode == 2 and "--renders: expected a count >= 0, got -1" in bad.stderr
