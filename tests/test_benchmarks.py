@@ -25,7 +25,8 @@ from lab6.evaluator import ResNet18
 from .conftest import REPO, write_course_layout
 
 BENCH = REPO / "benchmarks"
-SCRIPTS = ("bench_synth.py", "bench_evaluator.py", "bench_quality.py", "bench_sampling.py", "bench_gpu.py")
+SCRIPTS = ("bench_synth.py", "bench_evaluator.py", "bench_quality.py", "bench_sampling.py", "bench_gpu.py",
+           "bench_threads.py")
 
 
 def run(script: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -94,6 +95,19 @@ def test_evaluator_ceiling_with_fresh_renders(tmp_path):
     assert "new_test" in r.stdout and "no new_test_gt/ folder" in r.stdout  # sharp table skips what is absent
     bad = run("bench_evaluator.py", "--data", str(ds), "--renders", "-1")
     assert bad.returncode == 2 and "--renders: expected a count >= 0, got -1" in bad.stderr
+
+
+def test_thread_settings_alone_and_two_at_once():
+    r = run("bench_threads.py", "--seconds", "0.2", "--settings", "PASSIVE,spin=1000")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {line.split()[0]: line.split()[1:] for line in r.stdout.splitlines()[2:]}
+    assert set(rows) == {"PASSIVE", "spin=1000"}
+    for alone_ev, alone_unet, pair_ev, pair_unet in rows.values():
+        assert float(alone_ev) > 0 and float(alone_unet) > 0
+        assert len(pair_ev.split("+")) == 2 and len(pair_unet.split("+")) == 2  # one figure per process
+    for bad in ("spin=x", "FAST"):
+        r = run("bench_threads.py", "--settings", bad)
+        assert r.returncode != 0 and f"unknown setting {bad!r}" in r.stderr
 
 
 @pytest.fixture(scope="module")
