@@ -41,7 +41,7 @@ SCALES = (1.0, 2.0, 3.0, 4.0, 5.0)
 QUICK_IMG_S = 103.6  # the quick profile, batch 64, 2 threads (bench_quality, 2026-11-26)
 # The recipe `quick` had before the 2026-11-26 sweep made its winner the profile; it trained at 74.1 img/s.
 _OLD = {"model": {"block_out_channels": (32, 64, 128), "resnet_time_scale_shift": "default"},
-        "train": {"min_snr_gamma": None}}
+        "train": {"min_snr_gamma": None, "timestep_sampling": "uniform"}}
 _R = 74.1 / QUICK_IMG_S
 
 
@@ -52,7 +52,8 @@ def _old(model=None, train=None, schedule=None):
 
 
 VARIANTS = (
-    ("quick", {}, 1.0),  # the current profile (= old + narrow-64 + min-snr-5 + scale-shift below)
+    ("quick", {}, 1.0),  # the current profile (= old + narrow-64 + min-snr-5 + scale-shift + importance-sampled t)
+    ("quick-uniform-t", {"train": {"timestep_sampling": "uniform"}}, 1.0),  # the profile before importance sampling
     # the 2026-11-26 sweep (benchmarks/README.md), each relative to the old recipe, speeds measured on the CPU
     ("old-quick", _old(), _R),
     ("min-snr-5", _old(train={"min_snr_gamma": 5.0}), _R),

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 epilog="Example (a one-minute check): --profiles tiny --budgets 0.2,0.4 --scales 1,2")
     p.add_argument("--profiles", type=C.name_list, default=["quick", "seed"],
-                   help="comma-separated profiles, each trained once (default quick,seed)")
+                   help="comma-separated profiles, each trained once (default quick,seed); a variant adds settings "
+                        "to a profile, e.g. quick+timestep_sampling=importance+train.seed=1")
     p.add_argument("--budgets", type=C.float_list, default=[5.0, 10.0, 20.0],
                    help="cumulative training minutes at which to evaluate, increasing (default 5,10,20)")
     p.add_argument("--scales", type=C.float_list, default=[1.0, 2.0, 3.0, 5.0],
@@ -95,7 +96,7 @@ def per_profile(option: str, text: str | None, profiles: list[str]) -> dict[str,
             out = {p: int(text) for p in profiles}
         else:
             for part in C.name_list(text):
-                name, value = part.split("=", 1)
+                name, value = part.rsplit("=", 1)  # a variant's name holds '=' too
                 if name not in out:
                     raise ConfigError(f"{option}: {name!r} is not among --profiles {','.join(profiles)}")
                 out[name] = int(value)
@@ -106,6 +107,21 @@ def per_profile(option: str, text: str | None, profiles: list[str]) -> dict[str,
     return out
 
 
+def profile_spec(spec: str) -> tuple[str, dict]:
+    """'quick+key=value+...' -> ('quick', {key: value}); values are read as YAML scalars (0.003, true, importance)."""
+    import yaml
+
+    from lab6.errors import ConfigError
+    base, *parts = spec.split("+")
+    overrides = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--profiles: {spec!r}: expected PROFILE+setting=value+..., got {part!r}")
+        overrides[key] = yaml.safe_load(value)
+    return base, overrides
+
+
 def setting_name(sampler: str, steps: int) -> str:
     return f"{SAMPLER_NAMES.get(sampler, sampler)}-{steps}"
 
@@ -113,6 +129,7 @@ def setting_name(sampler: str, steps: int) -> str:
 def train_config(profile: str, run_dir: Path, args, minutes: float, max_steps: int | None):
     """The profile's recipe with a time budget, no in-loop checkpoints or validation (they would eat the budget)."""
     from lab6.config import load_config
+    from lab6.errors import ConfigError
     train = {"output_dir": str(run_dir), "data_root": str(args.data), "max_minutes": minutes,
              "checkpoint_every": 10**9, "validate_every": 0, "validate_num": 0, "log_every": 1,
              "checkpoints_total_limit": 1}
@@ -122,7 +139,17 @@ def train_config(profile: str, run_dir: Path, args, minutes: float, max_steps: i
         train["num_threads"] = args.threads
     if args.device is not None:
         train["device"] = args.device
-    return load_config(profile, train=train)
+    base, overrides = profile_spec(profile)
+    sections: dict[str, dict] = {"train": {}}
+    for key, value in list(overrides.items()):
+        section, dot, name = key.partition(".")  # 'train.seed': a setting whose name is in two sections
+        if dot:
+            sections.setdefault(section, {})[name] = value
+            del overrides[key]
+        elif key in sections or key in ("model", "schedule", "sample"):
+            raise ConfigError(f"--profiles: {profile!r}: name single settings (e.g. +lr=0.003), not a section")
+    train = {**sections.pop("train"), **train}
+    return load_config(base, train=train, **sections, **overrides)
 
 
 def train_segment(profile: str, run_dir: Path, args, seconds: float, max_steps: int | None, resume: bool) -> dict:
@@ -224,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--threads: must be > 0, got {args.threads}")
     from lab6.config import PROFILES
     for prof in args.profiles:
-        if prof not in PROFILES:
+        if profile_spec(prof)[0] not in PROFILES:
             raise ConfigError(f"--profiles: unknown profile {prof!r}; choose from {', '.join(PROFILES)}")
+        train_config(prof, Path("."), args, 1.0, None)  # a bad setting fails now, not after the first run
     max_steps = per_profile("--max-steps", args.max_steps, args.profiles)
     num_sets = per_profile("--num-sets", args.num_sets, args.profiles)
 

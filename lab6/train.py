@@ -44,17 +44,33 @@ CHECKPOINT_FILES = ("model/config.json", "model/diffusion_pytorch_model.safetens
 
 
 # ---------------------------------------------------------------- Algorithm 1
+def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weight of every timestep (Hang et al. 2023), for eps- or v-prediction: (T,)."""
+    s = snr(alphas_cumprod).float()  # (T,)
+    return s.clamp(max=gamma) / (s + 1 if prediction_type == "v_prediction" else s)
+
+
 def diffusion_loss(model, x0: torch.Tensor, labels: torch.Tensor, alphas_cumprod: torch.Tensor,
                    generator: torch.Generator, prediction_type: str = "epsilon", cond_drop_prob: float = 0.0,
-                   min_snr_gamma: float | None = None) -> torch.Tensor:
+                   min_snr_gamma: float | None = None, timestep_sampling: str = "uniform") -> torch.Tensor:
     """One Monte-Carlo estimate of the DDPM loss: t ~ U{0..T-1}, eps ~ N(0, I), ||target - f(x_t, t, y)||^2.
 
     Noise, timesteps and the condition dropout are drawn on the CPU from `generator` (reproducible on any device);
     dropped labels become the all-zero "no condition" vector used by classifier-free guidance.
+    With min-SNR weights w(t), `timestep_sampling="importance"` draws t with probability w(t) / sum(w) and weighs
+    every sample by mean(w): the same expected loss as uniform t with weights w(t), without spending samples on
+    the timesteps whose weight is near zero (the ends of the schedule), so the gradient is less noisy.
     """
     b, dev = x0.shape[0], x0.device
     T = len(alphas_cumprod)
-    t = torch.randint(0, T, (b,), generator=generator)  # (B,) uniform over all of 0..T-1
+    w_all = None if min_snr_gamma is None else min_snr_weights(alphas_cumprod.cpu(), min_snr_gamma, prediction_type)
+    if timestep_sampling == "importance":
+        if w_all is None:
+            raise ConfigError("train.timestep_sampling: 'importance' samples t by the min-SNR weights; "
+                              "set train.min_snr_gamma too")
+        t = torch.multinomial(w_all, b, replacement=True, generator=generator)  # (B,) t ~ w(t) / sum(w)
+    else:
+        t = torch.randint(0, T, (b,), generator=generator)  # (B,) uniform over all of 0..T-1
     eps = torch.randn(x0.shape, generator=generator)  # (B, 3, R, R)
     keep = (torch.rand(b, generator=generator) >= cond_drop_prob).float()  # (B,)
     t, eps, keep = t.to(dev), eps.to(dev), keep.to(dev)
@@ -63,10 +79,9 @@ def diffusion_loss(model, x0: torch.Tensor, labels: torch.Tensor, alphas_cumprod
     out = model(xt, t, y).float()  # (B, 3, R, R)
     target = eps if prediction_type == "epsilon" else v_target(x0, t, eps, alphas_cumprod)  # (B, 3, R, R)
     loss = F.mse_loss(out, target, reduction="none").mean(dim=(1, 2, 3))  # (B,)
-    if min_snr_gamma is not None:
-        s = snr(alphas_cumprod)[t].float()  # (B,)
-        w = s.clamp(max=min_snr_gamma) / (s + 1 if prediction_type == "v_prediction" else s)
-        loss = loss * w
+    if w_all is not None:
+        w = w_all.mean() if timestep_sampling == "importance" else w_all[t.cpu()]  # () or (B,)
+        loss = loss * w.to(loss.device)
     return loss.mean()
 
 
@@ -589,7 +604,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
                 idx = order.indices(step, gbs)[rank * t.batch_size:(rank + 1) * t.batch_size]  # (B,)
                 x0, y = make_batch(images_u8, labels_all, idx, generator, t.hflip, accelerator.device)
                 loss = diffusion_loss(model, x0, y, ac, generator, cfg.schedule.prediction_type,
-                                      t.cond_drop_prob, t.min_snr_gamma)
+                                      t.cond_drop_prob, t.min_snr_gamma, t.timestep_sampling)
                 accelerator.backward(loss)
                 if t.grad_clip > 0:
                     accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)

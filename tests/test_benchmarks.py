@@ -110,6 +110,37 @@ def test_thread_settings_alone_and_two_at_once():
         assert r.returncode != 0 and f"unknown setting {bad!r}" in r.stderr
 
 
+def _bench_module(script: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{Path(script).stem}", BENCH / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_profile_variants(tmp_path):
+    """--profiles takes variants PROFILE+setting=value (dotted for a name in two sections); bad ones fail early."""
+    from argparse import Namespace
+
+    from lab6.errors import ConfigError
+    bq = _bench_module("bench_quality.py")
+    assert bq.profile_spec("quick+timestep_sampling=importance+lr=0.003+train.seed=1") == \
+        ("quick", {"timestep_sampling": "importance", "lr": 0.003, "train.seed": 1})
+    args = Namespace(data=tmp_path, threads=None, device=None)
+    cfg = bq.train_config("quick+timestep_sampling=importance+lr=0.003+train.seed=1", tmp_path / "r", args, 5.0, 100)
+    base = bq.train_config("quick", tmp_path / "r", args, 5.0, 100)
+    assert (cfg.train.timestep_sampling, cfg.train.lr, cfg.train.seed, cfg.sample.seed) == ("importance", 0.003, 1, 0)
+    assert (cfg.train.max_minutes, cfg.train.max_steps, cfg.train.output_dir) == (5.0, 100, str(tmp_path / "r"))
+    assert cfg.model == base.model and cfg.train.min_snr_gamma == base.train.min_snr_gamma
+    assert bq.per_profile("--max-steps", "quick+lr=0.003=50,quick=60", ["quick", "quick+lr=0.003"]) == \
+        {"quick": 60, "quick+lr=0.003": 50}
+    for bad, message in [("quick+lr", "expected PROFILE"), ("quick+seed=1", "ambiguous"), ("quick+nope=1", "unknown"),
+                         ("quick+train=1", "single settings"), ("quick+timestep_sampling=sometimes", "expected one of")]:
+        with pytest.raises(ConfigError, match=message):
+            bq.train_config(bad, tmp_path / "r", args, 5.0, None)
+    r = run("bench_quality.py", "--profiles", "tiny+timestep_sampling=importance", "--out", str(tmp_path / "out"))
+    assert r.returncode != 0 and "set train.min_snr_gamma" in r.stderr and not (tmp_path / "out").exists()
+
+
 @pytest.fixture(scope="module")
 def quality_run(tmp_path_factory):
     """bench_quality on the tiny profile: two budgets of 0.6 and 1.2 s of training on a 12-image dataset."""
@@ -217,4 +248,6 @@ def test_gpu_sweep_variants_are_valid_quick_configs():
     assert old.model.block_out_channels == (32, 64, 128) and old.train.min_snr_gamma is None
     assert old.model.resnet_time_scale_shift == "default"
     assert new.model.block_out_channels == (32, 64, 64) and new.train.min_snr_gamma == 5.0
+    assert new.train.timestep_sampling == "importance" and old.train.timestep_sampling == "uniform"
+    assert configs["quick-uniform-t"].train.timestep_sampling == "uniform"
     assert all(0 < ratio < 2 for _, _, ratio in bench_gpu.VARIANTS)

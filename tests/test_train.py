@@ -14,6 +14,7 @@ from PIL import Image
 
 from lab6 import labels as L
 from lab6.config import PROFILES, load_config
+from lab6.errors import ConfigError
 from lab6.model import build_model
 from lab6.schedules import alphas_cumprod
 from lab6.train import BatchOrder, diffusion_loss, list_checkpoints, train
@@ -55,6 +56,35 @@ def test_loss_falls_on_a_fixed_batch():
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "importance"])
+def test_timestep_sampling_estimates_the_min_snr_loss(sampling):
+    """Both timestep samplers estimate E_t[w(t) loss(t)] with t ~ U{0..T-1}: checked where loss(t) is known.
+
+    With x0 = 0 and a network that outputs 0, the v-prediction target is sqrt(alphas_cumprod[t]) * eps, so the
+    per-sample loss is alphas_cumprod[t] (times mean(eps^2) ~ 1) and the exact value is mean_t(w(t) * ac[t]).
+    """
+    from lab6.train import min_snr_weights
+    ac = alphas_cumprod(PROFILES["quick"].schedule).float()
+    w = min_snr_weights(ac, 5.0, "v_prediction")
+    exact = float((w * ac).mean())
+    x0 = torch.zeros(40000, 1, 2, 2)
+    y = torch.zeros(40000, 24)
+    loss = diffusion_loss(lambda xt, t, labels: torch.zeros_like(xt), x0, y, ac, torch.Generator().manual_seed(0),
+                          "v_prediction", 0.0, 5.0, sampling)
+    assert abs(float(loss) - exact) < 0.02 * exact, (float(loss), exact)
+    uniform_mean = float(ac.mean())  # what an unweighted loss would estimate: far from `exact`
+    assert abs(uniform_mean - exact) > 0.2 * exact
+
+
+def test_importance_sampling_needs_min_snr():
+    with pytest.raises(ConfigError, match="timestep_sampling"):
+        load_config("tiny", timestep_sampling="importance")
+    ac = alphas_cumprod(PROFILES["tiny"].schedule).float()
+    with pytest.raises(ConfigError, match="min_snr_gamma"):
+        diffusion_loss(lambda xt, t, labels: xt, torch.zeros(2, 3, 4, 4), torch.zeros(2, 24), ac,
+                       torch.Generator(), "v_prediction", 0.0, None, "importance")
 
 
 def test_batch_order_is_seeded_epochs():
