@@ -128,7 +128,7 @@ def setting_name(sampler: str, steps: int) -> str:
 
 def train_config(profile: str, run_dir: Path, args, minutes: float, max_steps: int | None):
     """The profile's recipe with a time budget, no in-loop checkpoints or validation (they would eat the budget)."""
-    from lab6.config import load_config
+    from lab6.config import SECTIONS, load_config
     from lab6.errors import ConfigError
     train = {"output_dir": str(run_dir), "data_root": str(args.data), "max_minutes": minutes,
              "checkpoint_every": 10**9, "validate_every": 0, "validate_num": 0, "log_every": 1,
@@ -146,7 +146,7 @@ def train_config(profile: str, run_dir: Path, args, minutes: float, max_steps: i
         if dot:
             sections.setdefault(section, {})[name] = value
             del overrides[key]
-        elif key in sections or key in ("model", "schedule", "sample"):
+        elif key in SECTIONS:
             raise ConfigError(f"--profiles: {profile!r}: name single settings (e.g. +lr=0.003), not a section")
     train = {**sections.pop("train"), **train}
     return load_config(base, train=train, **sections, **overrides)
