@@ -37,8 +37,16 @@ def int_list(text: str) -> list[int]:
 
 
 def name_list(text: str) -> list[str]:
-    """'test,new_test' -> ['test', 'new_test'] (argparse type)."""
-    return [v.strip() for v in text.split(",") if v.strip()]
+    """'test,new_test' -> ['test', 'new_test'] (argparse type); commas inside [...] stay, as in 'quick+c=[64,64]'."""
+    items, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            items.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [v.strip() for v in (*items, cur) if v.strip()]
 
 
 def default_out(kind: str) -> Path:

@@ -122,6 +122,14 @@ def profile_spec(spec: str) -> tuple[str, dict]:
     return base, overrides
 
 
+def file_stem(profile: str, limit: int = 80) -> str:
+    """A file-name-safe stem for a profile variant: long ones are cut and keep a hash, so names stay unique."""
+    import hashlib
+    if len(profile) <= limit:
+        return profile
+    return f"{profile[:limit - 9]}-{hashlib.sha1(profile.encode()).hexdigest()[:8]}"
+
+
 def setting_name(sampler: str, steps: int) -> str:
     return f"{SAMPLER_NAMES.get(sampler, sampler)}-{steps}"
 
@@ -305,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     profiles_info: dict[str, dict] = {}
     t_bench = time.perf_counter()
     for prof in args.profiles:
-        run_dir = runs / prof
+        run_dir = runs / file_stem(prof)
         psets = psets_all[prof]
         cfg0 = train_config(prof, run_dir, args, args.budgets[-1], max_steps[prof])
         t = cfg0.train
@@ -355,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                 pipe = load_pipeline(run_dir, args.device)
                 t0 = time.perf_counter()
                 rows = sample_rows(pipe, ev, psets, EVAL_SAMPLER, EVAL_STEPS, pscales, args.seeds,
-                                   out / "grids", f"{prof}-{budget:g}min")
+                                   out / "grids", f"{file_stem(prof)}-{budget:g}min")
                 print(f"  sampled and scored in {time.perf_counter() - t0:.0f} s", flush=True)
                 evaluated = rows
             budget_rows.append({"profile": prof, "budget_min": budget, "train_min": trained_s / 60, "steps": step,
@@ -387,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 pipe = load_pipeline(run_dir, args.device)
                 rows = sample_rows(pipe, ev, psets, own.sampler, own.num_steps, [own.guidance_scale],
-                                   args.seeds, out / "grids", f"{prof}-{final['budget_min']:g}min")
+                                   args.seeds, out / "grids", f"{file_stem(prof)}-{final['budget_min']:g}min")
                 for r in rows:
                     native_rows.append(r | {k: final[k] for k in ("profile", "budget_min", "train_min", "steps",
                                                                   "max_steps", "lr", "img_per_s", "load_avg_1m")})

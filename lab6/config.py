@@ -40,6 +40,7 @@ class ModelConfig:
     resnet_time_scale_shift: str = "default"  # "scale_shift": time+label embedding as FiLM scale and shift
     dropout: float = 0.0
     num_classes: int = 24
+    patch_size: int = 1  # >1: the UNet sees p×p pixel patches as channels and runs at sample_size / p
 
 
 @dataclass
@@ -279,8 +280,11 @@ def validate_config(cfg: Config, where: str = "") -> Config:
     if n == 0 or len(m.down_block_types) != n or len(m.up_block_types) != n:
         bad("model.block_out_channels", f"down_block_types, up_block_types and block_out_channels need equal "
                                         f"lengths, got {len(m.down_block_types)}, {len(m.up_block_types)}, {n}")
-    if m.sample_size % (2 ** (n - 1)):
-        bad("model.sample_size", f"{m.sample_size} is not divisible by 2^{n - 1} ({n} resolution levels)")
+    if m.patch_size <= 0 or m.sample_size % m.patch_size:
+        bad("model.patch_size", f"must be > 0 and divide sample_size {m.sample_size}, got {m.patch_size}")
+    if (m.sample_size // m.patch_size) % (2 ** (n - 1)):
+        bad("model.sample_size", f"{m.sample_size} / patch_size {m.patch_size} is not divisible by 2^{n - 1} "
+                                 f"({n} resolution levels)")
     for b in (*m.down_block_types, *m.up_block_types):
         if b not in BLOCKS:
             bad("model.down_block_types", f"unknown block {b!r}; valid: {', '.join(BLOCKS)}")

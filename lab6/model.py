@@ -3,6 +3,9 @@
 The 24-dim multi-hot label y goes through `label_embedding = nn.Linear(24, time_embed_dim)` and is added to the
 timestep embedding (UNet2DModel's `class_embed_type="identity"` path), so every ResNet block sees t and y.
 The all-zero label is the "no condition" input of classifier-free guidance; its embedding is the bias alone.
+With `patch_size` p > 1 the image is cut into p×p patches stacked as channels (pixel-unshuffle) before the UNet
+and put back after it (pixel-shuffle), as in Simple Diffusion (Hoogeboom et al. 2023): the UNet then runs at
+R/p, where a CPU spends far less time per image on the norm/activation overhead of the large feature maps.
 Because the projection is a registered submodule of a ModelMixin/ConfigMixin class, `save_pretrained` /
 `from_pretrained` round-trip it (assigning `unet.class_embedding = nn.Linear(...)` on a plain UNet2DModel
 is lost on reload).
@@ -15,6 +18,7 @@ import torch
 from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
+from torch.nn import functional as F
 
 from .config import ModelConfig
 
@@ -38,11 +42,13 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         dropout: float = 0.0,
         num_classes: int = 24,
         in_channels: int = 3,
+        patch_size: int = 1,
     ):
         super().__init__()
         time_embed_dim = time_embedding_dim or 4 * block_out_channels[0]
+        patch_channels = in_channels * patch_size**2
         self.unet = UNet2DModel(
-            sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
+            sample_size=sample_size // patch_size, in_channels=patch_channels, out_channels=patch_channels,
             block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
             down_block_types=tuple(down_block_types), up_block_types=tuple(up_block_types),
             attention_head_dim=attention_head_dim, norm_num_groups=norm_num_groups,
@@ -53,8 +59,12 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
 
     def forward(self, xt: torch.Tensor, t: torch.Tensor | int, labels: torch.Tensor) -> torch.Tensor:
         """Network output (eps or v, per the scheduler's prediction_type) for x_t, t and multi-hot labels."""
+        p = self.config.patch_size
         y_emb = self.label_embedding(labels.to(self.label_embedding.weight.dtype))  # (B, time_embed_dim)
-        return self.unet(xt, t, class_labels=y_emb).sample  # (B, 3, R, R)
+        if p == 1:
+            return self.unet(xt, t, class_labels=y_emb).sample  # (B, 3, R, R)
+        patches = F.pixel_unshuffle(xt, p)  # (B, 3p², R/p, R/p)
+        return F.pixel_shuffle(self.unet(patches, t, class_labels=y_emb).sample, p)  # (B, 3, R, R)
 
 
 def build_model(cfg: ModelConfig) -> ConditionalUNet:

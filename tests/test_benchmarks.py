@@ -131,6 +131,12 @@ def test_quality_profile_variants(tmp_path):
     assert (cfg.train.timestep_sampling, cfg.train.lr, cfg.train.seed, cfg.sample.seed) == ("importance", 0.003, 1, 0)
     assert (cfg.train.max_minutes, cfg.train.max_steps, cfg.train.output_dir) == (5.0, 100, str(tmp_path / "r"))
     assert cfg.model == base.model and cfg.train.min_snr_gamma == base.train.min_snr_gamma
+    wide = "quick+model.block_out_channels=[64,64,64]+patch_size=2"  # a list value keeps its commas
+    assert bq.C.name_list(f"quick,{wide}, seed") == ["quick", wide, "seed"]
+    assert bq.train_config(wide, tmp_path / "r", args, 5.0, 100).model.block_out_channels == (64, 64, 64)
+    long_a, long_b = wide + "+down_block_types=[" + "DownBlock2D," * 12, wide + "+up_block_types=[" + "UpBlock2D," * 12
+    stems = {bq.file_stem(v) for v in (long_a, long_b, wide)}  # run folders and grid names stay short and distinct
+    assert len(stems) == 3 and bq.file_stem(wide) == wide and all(len(v) <= 80 for v in stems)
     assert bq.per_profile("--max-steps", "quick+lr=0.003=50,quick=60", ["quick", "quick+lr=0.003"]) == \
         {"quick": 60, "quick+lr=0.003": 50}
     for bad, message in [("quick+lr", "expected PROFILE"), ("quick+seed=1", "ambiguous"), ("quick+nope=1", "unknown"),

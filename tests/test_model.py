@@ -55,6 +55,36 @@ def test_labels_change_the_output(tiny):
     assert (out - null).abs().amax(dim=(1, 2, 3)).min() > 1e-4
 
 
+def test_patches_are_cut_and_put_back_in_place(tmp_path):
+    """patch_size 2: the UNet runs at R/2 on 2x2 patches as channels; output pixels land where their patch was."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(PROFILES["tiny"].model, patch_size=2)
+    model = build_model(cfg).eval()
+    assert model.unet.config.sample_size == 8 and model.unet.config.in_channels == 12
+    assert model.config.sample_size == 16 and model.config.in_channels == 3  # what a pipeline draws noise for
+    xt, t, y = _inputs()
+    seen = []
+    model.unet.register_forward_hook(lambda m, args, out: seen.append((args[0].clone(), out.sample.clone())))
+    with torch.no_grad():
+        out = model(xt, t, y)  # (3, 3, 16, 16)
+    (unet_in, unet_out), = seen
+    assert unet_in.shape == (3, 12, 8, 8) and out.shape == xt.shape
+    # channel c*4 + 2i + j of patch (h, w) is pixel (2h + i, 2w + j) of colour c, going in and coming out
+    assert torch.equal(unet_in[:, 1 * 4 + 2 * 1 + 0, 3, 5], xt[:, 1, 2 * 3 + 1, 2 * 5 + 0])
+    assert torch.equal(out[:, 2, 2 * 4 + 0, 2 * 1 + 1], unet_out[:, 2 * 4 + 2 * 0 + 1, 4, 1])
+    model.save_pretrained(tmp_path)
+    loaded = ConditionalUNet.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert loaded.config.patch_size == 2 and torch.equal(loaded(xt, t, y), out)
+
+
+def test_bad_patch_size_is_rejected():
+    with pytest.raises(ConfigError, match="model.patch_size: must be > 0 and divide sample_size 16, got 3"):
+        load_config("tiny", patch_size=3)
+    with pytest.raises(ConfigError, match="model.sample_size: 16 / patch_size 16 is not divisible by 2"):
+        load_config("tiny", patch_size=16)
+
+
 def test_parameter_counts_per_profile():
     assert count_parameters(build_model(PROFILES["tiny"].model)) < 20_000
     assert 1_000_000 < count_parameters(build_model(PROFILES["quick"].model)) < 1_500_000  # 1.2 M: the sweep's winner
