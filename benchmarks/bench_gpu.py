@@ -38,10 +38,12 @@ SCALES = (1.0, 2.0, 3.0, 4.0, 5.0)
 # Quick-recipe variants: (name, overrides of the `quick` profile, CPU speed ratio). The ratio is the variant's
 # training images per second on the 2-core CPU relative to the profile's (--cpu-img-per-s, measured there),
 # so each variant gets the steps that the CPU would do for it in the same minutes.
-QUICK_IMG_S = 103.6  # the quick profile, batch 64, 2 threads (bench_quality, 2026-11-26)
+QUICK_IMG_S = 173.4  # the quick profile (2×2 patches), batch 64, 2 threads (bench_quality, 2026-11-26)
+# The profile before patches and the constant LR (it trained at 96 img/s on the CPU):
+_UNPATCHED = {"model": {"block_out_channels": (32, 64, 64), "patch_size": 1}, "train": {"lr_scheduler": "cosine"}}
 # The recipe `quick` had before the 2026-11-26 sweep made its winner the profile; it trained at 74.1 img/s.
-_OLD = {"model": {"block_out_channels": (32, 64, 128), "resnet_time_scale_shift": "default"},
-        "train": {"min_snr_gamma": None, "timestep_sampling": "uniform"}}
+_OLD = {"model": {"block_out_channels": (32, 64, 128), "resnet_time_scale_shift": "default", "patch_size": 1},
+        "train": {"min_snr_gamma": None, "timestep_sampling": "uniform", "lr_scheduler": "cosine"}}
 _R = 74.1 / QUICK_IMG_S
 
 
@@ -52,8 +54,10 @@ def _old(model=None, train=None, schedule=None):
 
 
 VARIANTS = (
-    ("quick", {}, 1.0),  # the current profile (= old + narrow-64 + min-snr-5 + scale-shift + importance-sampled t)
-    ("quick-uniform-t", {"train": {"timestep_sampling": "uniform"}}, 1.0),  # the profile before importance sampling
+    ("quick", {}, 1.0),  # the current profile (= quick-unpatched + 2×2 patches, channels 64/64/64, constant LR)
+    ("quick-unpatched", _UNPATCHED, 96.0 / QUICK_IMG_S),
+    ("quick-uniform-t", {"model": _UNPATCHED["model"], "train": {**_UNPATCHED["train"], "timestep_sampling": "uniform"}},
+     96.0 / QUICK_IMG_S),  # the profile before importance sampling
     # the 2026-11-26 sweep (benchmarks/README.md), each relative to the old recipe, speeds measured on the CPU
     ("old-quick", _old(), _R),
     ("min-snr-5", _old(train={"min_snr_gamma": 5.0}), _R),

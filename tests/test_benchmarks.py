@@ -253,7 +253,11 @@ def test_gpu_sweep_variants_are_valid_quick_configs():
     old, new = configs["old-quick"], configs["quick"]
     assert old.model.block_out_channels == (32, 64, 128) and old.train.min_snr_gamma is None
     assert old.model.resnet_time_scale_shift == "default"
-    assert new.model.block_out_channels == (32, 64, 64) and new.train.min_snr_gamma == 5.0
+    assert new.model.block_out_channels == (64, 64, 64) and new.model.patch_size == 2 and new.train.min_snr_gamma == 5.0
+    assert configs["quick-unpatched"].model.patch_size == 1 and old.model.patch_size == 1
+    assert configs["quick-unpatched"].model.block_out_channels == (32, 64, 64)
+    assert new.train.lr_scheduler == "constant_with_warmup"
+    assert {configs[n].train.lr_scheduler for n in ("old-quick", "quick-unpatched", "quick-uniform-t")} == {"cosine"}
     assert new.train.timestep_sampling == "importance" and old.train.timestep_sampling == "uniform"
     assert configs["quick-uniform-t"].train.timestep_sampling == "uniform"
     assert all(0 < ratio < 2 for _, _, ratio in bench_gpu.VARIANTS)
