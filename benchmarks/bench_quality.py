@@ -26,6 +26,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinning threads stall a shared CPU
 
 import argparse  # noqa: E402
+import hashlib  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -124,7 +125,6 @@ def profile_spec(spec: str) -> tuple[str, dict]:
 
 def file_stem(profile: str, limit: int = 80) -> str:
     """A file-name-safe stem for a profile variant: long ones are cut and keep a hash, so names stay unique."""
-    import hashlib
     if len(profile) <= limit:
         return profile
     return f"{profile[:limit - 9]}-{hashlib.sha1(profile.encode()).hexdigest()[:8]}"

@@ -61,9 +61,7 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         """Network output (eps or v, per the scheduler's prediction_type) for x_t, t and multi-hot labels."""
         p = self.config.patch_size
         y_emb = self.label_embedding(labels.to(self.label_embedding.weight.dtype))  # (B, time_embed_dim)
-        if p == 1:
-            return self.unet(xt, t, class_labels=y_emb).sample  # (B, 3, R, R)
-        patches = F.pixel_unshuffle(xt, p)  # (B, 3p², R/p, R/p)
+        patches = F.pixel_unshuffle(xt, p)  # (B, 3p², R/p, R/p); the identity for p = 1
         return F.pixel_shuffle(self.unet(patches, t, class_labels=y_emb).sample, p)  # (B, 3, R, R)
 
 
