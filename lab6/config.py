@@ -22,6 +22,7 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 BETA_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 TIMESTEP_SAMPLING = ("uniform", "importance")
+LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "warmup_stable_decay")
 BLOCKS = ("DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D")
 
 
@@ -62,8 +63,9 @@ class TrainConfig:
     max_steps: int = 600
     max_minutes: float | None = None
     lr: float = 2e-3
-    lr_scheduler: str = "cosine"
+    lr_scheduler: str = "cosine"  # cosine, linear, constant, constant_with_warmup or warmup_stable_decay
     lr_warmup_steps: int = 50
+    lr_decay_fraction: float = 0.2  # warmup_stable_decay: the last fraction of max_steps decays linearly to 0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     weight_decay: float = 0.0
@@ -310,8 +312,10 @@ def validate_config(cfg: Config, where: str = "") -> Config:
         bad("sample.timestep_spacing", f"must be one of {', '.join(TIMESTEP_SPACINGS)}, got {p.timestep_spacing!r}")
     if t.mixed_precision not in ("no", "bf16", "fp16"):
         bad("train.mixed_precision", f"must be 'no', 'bf16' or 'fp16', got {t.mixed_precision!r}")
-    if t.lr_scheduler not in ("cosine", "linear", "constant", "constant_with_warmup"):
-        bad("train.lr_scheduler", f"must be cosine, linear, constant or constant_with_warmup, got {t.lr_scheduler!r}")
+    if t.lr_scheduler not in LR_SCHEDULERS:
+        bad("train.lr_scheduler", f"must be one of {', '.join(LR_SCHEDULERS)}, got {t.lr_scheduler!r}")
+    if not 0 < t.lr_decay_fraction <= 1:
+        bad("train.lr_decay_fraction", f"must be in (0, 1], got {t.lr_decay_fraction!r}")
     check_device(t.device, f"{where}train.device")
     return cfg
 

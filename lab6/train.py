@@ -14,6 +14,7 @@ Training always ends with a checkpoint and the export: at max_steps, at max_minu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import Config, check_device, config_from_dict, load_config, read_yaml, to_yaml
+from .config import Config, TrainConfig, check_device, config_from_dict, load_config, read_yaml, to_yaml
 from .errors import CheckpointError, ConfigError, DataError
 from .io import check_writable_dir, ensure_writable_dir, replace_dir, write_json, write_text
 from .model import ConditionalUNet, build_model, count_parameters
@@ -504,6 +505,25 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, old)
 
 
+def wsd_factor(step: int, warmup: int, max_steps: int, decay_fraction: float) -> float:
+    """Warmup-stable-decay LR multiplier: linear warm-up, constant, then linear to 0 over the last decay_fraction."""
+    if step < warmup:
+        return (step + 1) / warmup
+    decay_steps = max(1, round(decay_fraction * max_steps))
+    return min(1.0, max(0.0, (max_steps - step) / decay_steps))
+
+
+def make_lr_scheduler(t: TrainConfig, optimizer: torch.optim.Optimizer):
+    """The LR schedule of train.lr_scheduler: diffusers' get_scheduler, or warmup_stable_decay (Hägele et al. 2024)."""
+    from diffusers.optimization import get_scheduler
+    if t.lr_scheduler == "warmup_stable_decay":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, functools.partial(wsd_factor, warmup=t.lr_warmup_steps, max_steps=t.max_steps,
+                                         decay_fraction=t.lr_decay_fraction))
+    return get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.lr_warmup_steps,
+                         num_training_steps=t.max_steps)
+
+
 def train(cfg: Config, resume: str | None = None, progress: bool = True,
           callback: Callable[[dict], None] | None = None) -> Path:
     """Train with `cfg` (optionally resuming 'latest' or a checkpoint path); returns the run folder.
@@ -511,7 +531,6 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
     `callback(record)` gets every metrics.jsonl record (e.g. lab6.plots.LivePlot in a notebook).
     """
     from accelerate import Accelerator
-    from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
@@ -551,8 +570,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
     noise_scheduler = make_scheduler(cfg.schedule, "ddpm")
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
                                   weight_decay=t.weight_decay)
-    lr_scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.lr_warmup_steps,
-                                 num_training_steps=t.max_steps)
+    lr_scheduler = make_lr_scheduler(t, optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)  # LR scheduler stepped by hand: once per step
     ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=t.ema_decay, use_ema_warmup=t.ema_warmup,
                    foreach=True, model_cls=ConditionalUNet, model_config=accelerator.unwrap_model(model).config)
