@@ -63,7 +63,7 @@ class TrainConfig:
     max_steps: int = 600
     max_minutes: float | None = None
     lr: float = 2e-3
-    lr_scheduler: str = "cosine"  # cosine, linear, constant, constant_with_warmup or warmup_stable_decay
+    lr_scheduler: str = "cosine"  # one of LR_SCHEDULERS (diffusers get_scheduler names + warmup_stable_decay)
     lr_warmup_steps: int = 50
     lr_decay_fraction: float = 0.2  # warmup_stable_decay: the last fraction of max_steps decays linearly to 0
     adam_beta1: float = 0.9
