@@ -1,6 +1,6 @@
 """OpenMP wait settings: training-step rates of the evaluator and the quick UNet, alone and two jobs at once.
 
-    .venv/bin/python benchmarks/bench_threads.py [--seconds 8] [--settings PASSIVE,default,spin=100000,...]
+    .venv/bin/python benchmarks/bench_threads.py [--seconds 8] [--settings PASSIVE,ACTIVE,spin=100000,...]
 
 Each setting runs in fresh processes (libgomp reads its environment when torch loads): one process alone, then
 two at once (a CPU shared with another torch job). `PASSIVE` is what `import lab6` sets unless

@@ -162,7 +162,7 @@ def _add_run(sub) -> None:
     p.add_argument("--max-steps", type=int, default=0,
                    help="training steps of notebook 03 (default 0: the profile's)")
     p.add_argument("--no-ddpm-1000", action="store_true",
-                   help="leave DDPM-1000 out of notebook 04's sampler comparison (quick: ~4 min on a 2-core CPU)")
+                   help="leave DDPM-1000 out of notebook 04's sampler comparison (quick: ~2 min on a 2-core CPU)")
     p.set_defaults(func=_cmd_run)
 
 

@@ -35,7 +35,7 @@ class RunConfig:
     force: bool = False
     synth_scenes: int = 6000  # scenes rendered when the synthetic dataset is missing
     max_steps: int = 0  # notebook 03's training steps; 0 = the profile's (quick: 3200, ~20 min on 2 cores)
-    ddpm_1000: bool = True  # notebook 04 compares DDPM-1000 too (quick: ~4 min for 32 images on a 2-core CPU)
+    ddpm_1000: bool = True  # notebook 04 compares DDPM-1000 too (quick: ~2 min for 32 images on a 2-core CPU)
 
     def resolved(self) -> "RunConfig":
         """A copy with the empty defaults filled in and paths made absolute."""
