@@ -82,8 +82,9 @@ def machine_info(device: str | None = None) -> dict:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "device": device or
-            ("cuda" if torch.cuda.is_available() else "cpu"), "git_commit": _git("rev-parse", "HEAD"),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+            "device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            "git_commit": _git("rev-parse", "HEAD"),
             "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
             "command": " ".join([Path(sys.executable).name, *sys.argv])}
     if torch.cuda.is_available():
@@ -117,8 +118,10 @@ def ground_truth_accuracy(ev, root: Path, split: str, n: int) -> float | None:
 def machine_line(info: dict, load: dict) -> str:
     """One line naming the machine, for the printed report."""
     gpu = f", {info['gpu']}" if "gpu" in info else ""
+    omp = ", ".join(f"{k.upper()}={info[k]}" for k in ("omp_wait_policy", "gomp_spincount") if info.get(k))
     return (f"machine: {info['platform']}, {info['cpu_count']} CPUs{gpu}, torch {info['torch']} "
-            f"({info['torch_threads']} threads) on {info['device']}; load average {load['load_avg']}")
+            f"({info['torch_threads']} threads{', ' + omp if omp else ''}) on {info['device']}; "
+            f"load average {load['load_avg']}")
 
 
 def format_table(header: list[str], rows: list[list], align: str | None = None) -> str:

@@ -194,6 +194,7 @@ def test_quality_writes_table_csv_plot_and_machine_info(quality_run):
     assert any("cosine" in n for n in info["notes"])
     report = (out / "report.txt").read_text()
     assert "test@2" in report and "DDIM-10" in report
+    assert f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}" in report  # the OpenMP setting behind the speeds
     assert Image.open(out / "quality.png").size[0] > 500
     assert len(list((out / "grids").glob("*.png"))) == 2 * 2 + 1
 
