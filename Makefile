@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 PROFILE ?= quick
 ARGS ?=
-# `make run` is sized for a 2-core CPU (about 30 min): notebook 03 trains 1500 steps (~8 min) instead of the
+# `make run` is sized for a 2-core CPU (under 30 min; 21 min here): notebook 03 trains 1500 steps (~8 min) instead of the
 # profile's 3200, and notebook 04 leaves DDPM-1000 (~2 min) out of its sampler comparison.
 # On a GPU: `make run RUN_ARGS=` (the profile's whole training and every sampler).
 RUN_ARGS ?= --max-steps 1500 --no-ddpm-1000

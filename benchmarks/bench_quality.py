@@ -8,10 +8,10 @@ write a checkpoint and the EMA export, sample `test`, `new_test` and `unseen_tes
 at every guidance scale, score with the evaluator, then resume the same run (model, optimizer, LR scheduler, EMA
 and RNG states restored) up to the next budget. Loading, checkpointing, export and evaluation do not count
 against the budget, and the learning-rate schedule is that of one uninterrupted run of the largest budget: it
-follows the step count (the profile's LR schedule over its max_steps, or --max-steps; quick: constant after warm-up), so a budget that ends before
-max_steps is evaluated mid-schedule, and training stops early at max_steps. At the final budget each profile is
-also sampled with its own default sampler, steps and guidance (e.g. the seed recipe's DDPM-1000) when the
-estimated time fits --native-max-minutes.
+follows the step count (the profile's LR schedule over its max_steps, or --max-steps; quick: constant after
+warm-up), so a budget that ends before max_steps is evaluated mid-schedule, and training stops early at
+max_steps. At the final budget each profile is also sampled with its own default sampler, steps and guidance
+(e.g. the seed recipe's DDPM-1000) when the estimated time fits --native-max-minutes.
 
 Writes to --out (default benchmarks/results/quality-<date>/): report.txt (the printed tables and notes),
 quality.csv (one row per profile, budget, split, sampler, guidance and seed), quality_table.csv (the printed
@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluator", default=None, help="evaluator checkpoint (default <data>/checkpoint.pth or "
                                                       "evaluator.pth)")
     p.add_argument("--max-steps", default=None, metavar="N|PROFILE=N,...",
-                   help="override max_steps, which fixes the LR schedule (cosine, warmup-stable-decay) and stops training: one number for "
-                        "every profile or e.g. quick=2000,seed=30000 (default: each profile's own)")
+                   help="override max_steps, which fixes the LR schedule (cosine, warmup-stable-decay) and stops "
+                        "training: one number for every profile or e.g. quick=2000,seed=30000 (default: each "
+                        "profile's own)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads for training and sampling (default: each profile's num_threads, else "
                         "torch's default)")
