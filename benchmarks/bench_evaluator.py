@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
               f"round-tripped {info['held_out_accuracy_round_trip']:.4f}")
 
     ok = True
-    print(f"\n{'split':<12} {'images':>6} {'sharp':>16} {'64->32->64':>16}   misses (sharp): shape/colour/missing")
+    print(f"\n{'split':<12} {'images':>6} {'sharp':>16} {'64->32->64':>16}   misses (sharp): shape/colour/missing"
+          f"   images showing an unrequested object (sharp)")
     for split in data.splits():
         label_sets = data.label_sets(split)
         gt = data.root / f"{split}_gt"
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         cell = [f"{c['hits'] / c['labels']:.4f} ({c['hits']}/{c['labels']})" for c in rows]
         print(f"{split:<12} {len(label_sets):>6} {cell[0]:>16} {cell[1]:>16}   "
               f"{sharp[E.WRONG_SHAPE]}/{sharp[E.WRONG_COLOUR]}/{sharp[E.MISSING]}"
-              f"  ({time.perf_counter() - t0:.1f} s)")
+              f"   {sharp['with unrequested']}/{sharp['images']}  ({time.perf_counter() - t0:.1f} s)")
     if args.renders:
         fresh_renders(ev, data, args.renders, args.render_seed)
     minutes = info.get("train_seconds", float("nan")) / 60
@@ -91,7 +92,7 @@ def fresh_renders(ev: E.Evaluator, data: CourseData, k: int, seed: int) -> None:
 
     print(f"\n{k} fresh renders of every label set (scene seeds {seed}..{seed + k - 1}), sharp and 64->32->64:")
     print(f"{'split':<12} {'images':>6} {'sharp':>20} {'64->32->64':>20}   sharp misses by objects per image "
-          f"(1/2/3): miss/labels")
+          f"(1/2/3): miss/labels; images showing an unrequested object")
     for split in data.splits():
         label_sets = data.label_sets(split)
         t0 = time.perf_counter()
@@ -109,7 +110,8 @@ def fresh_renders(ev: E.Evaluator, data: CourseData, k: int, seed: int) -> None:
         acc = [f"{c['hits'] / c['labels']:.4f} ({c['hits']}/{c['labels']})" for c in (counts, rt)]
         per_n = "  ".join(f"{m}/{t}" for _, (m, t) in sorted(by_n.items()))
         print(f"{split:<12} {len(results):>6} {acc[0]:>20} {acc[1]:>20}   {per_n}   shape/colour/missing "
-              f"{counts[E.WRONG_SHAPE]}/{counts[E.WRONG_COLOUR]}/{counts[E.MISSING]}  ({time.perf_counter() - t0:.1f} s)")
+              f"{counts[E.WRONG_SHAPE]}/{counts[E.WRONG_COLOUR]}/{counts[E.MISSING]}   unrequested "
+              f"{counts['with unrequested']}/{counts['images']}  ({time.perf_counter() - t0:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 CSV_HEADER = ["setting", "sampler", "steps", "guidance", "seed", "accuracy", "hits", "labels", "seconds",
-              "images", "img_per_s"]
+              "images", "img_per_s", "unrequested"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"setting": name, "sampler": sampler, "steps": steps, "guidance": w, "seed": seed,
                              "accuracy": round(r["accuracy"], 4), "hits": r["hits"], "labels": r["labels"],
                              "seconds": r["seconds"], "images": len(sets),
-                             "img_per_s": round(len(sets) / max(r["seconds"], 1e-9), 2)})
+                             "img_per_s": round(len(sets) / max(r["seconds"], 1e-9), 2),
+                             "unrequested": round(r["unrequested"], 4)})
                 print(f"  {name:<10} guidance {w:<4g} seed {seed}: accuracy {r['accuracy']:.3f} "
                       f"in {r['seconds']:.1f} s", flush=True)
 
@@ -163,18 +164,21 @@ def main(argv: list[str] | None = None) -> int:
             sel = [r for r in rows if r["setting"] == name and r["guidance"] == w]
             secs = statistics.mean(r["seconds"] for r in sel)
             accs = [r["accuracy"] for r in sel]
+            extra = statistics.mean(r["unrequested"] for r in sel)
             summary.append({"setting": name, "steps": steps, "guidance": w, "accuracy_mean": statistics.mean(accs),
                             "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                            "seconds_mean": round(secs, 2), "img_per_s": round(len(sets) / secs, 2)})
-            line += [cell(accs), f"{secs:.1f}", f"{len(sets) / secs:.2f}"]
+                            "seconds_mean": round(secs, 2), "img_per_s": round(len(sets) / secs, 2),
+                            "unrequested_mean": round(extra, 4)})
+            line += [cell(accs), f"{secs:.1f}", f"{len(sets) / secs:.2f}", f"{extra:.2f}"]
         table.append(line)
     header = ["setting", "steps"]
     for w in scales:
         tag = f"w={w:g}" + (" (default)" if w == default_w and len(scales) > 1 else "")
-        header += [f"acc {tag}", f"s {tag}", f"img/s {tag}"]
+        header += [f"acc {tag}", f"s {tag}", f"img/s {tag}", f"extra {tag}"]
     load_end = C.load_average()
     seeds = f"mean +-sd over seeds {args.seeds}" if len(args.seeds) > 1 else f"seed {args.seeds[0]}"
-    report = [f"{args.split}: {len(sets)} images per run; accuracy ({seeds}), seconds per run, images per second",
+    report = [f"{args.split}: {len(sets)} images per run; accuracy ({seeds}), seconds per run, images per second, "
+              f"extra = share of images showing an object (evaluator p > 0.5) that no label asked for",
               C.format_table(header, table),
               *([f"evaluator on the ground-truth renders of these sets (its ceiling): {ceiling:.3f}"]
                 if ceiling is not None else []), "",

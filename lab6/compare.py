@@ -22,12 +22,12 @@ SAMPLER_SETTINGS = (
 
 
 def timed_accuracy(pipe, label_sets, evaluator: Evaluator, seed: int = 0, **kwargs) -> dict:
-    """Sample once per label set, score with the evaluator; {accuracy, hits, labels, seconds}."""
+    """Sample once per label set, score with the evaluator; {accuracy, hits, labels, seconds, unrequested}
+    (unrequested: the share of images showing an object that no label asked for)."""
     t0 = time.perf_counter()
     out = sample(pipe, label_sets, seed=seed, **kwargs)
     seconds = time.perf_counter() - t0
-    hits, total = evaluator.score(out.images, label_sets)
-    return {"accuracy": hits / total, "hits": hits, "labels": total, "seconds": round(seconds, 2)}
+    return {**evaluator.scores(out.images, label_sets), "seconds": round(seconds, 2)}
 
 
 def sampler_comparison(pipe, label_sets, evaluator: Evaluator, guidance_scale: float | None = None,

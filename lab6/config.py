@@ -73,6 +73,7 @@ class TrainConfig:
     cond_drop_prob: float = 0.1  # P(label -> all-zero "no condition") for classifier-free guidance
     min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
     timestep_sampling: str = "uniform"  # "importance": t drawn by its min-SNR weight (same expected loss, less noise)
+    foreground_weight: float = 0.0  # extra loss weight of object and shadow pixels (lab6.data.object_masks)
     hflip: bool = True  # colours and shapes are mirror-invariant, so flipped scenes keep their labels
     ema_decay: float = 0.999
     ema_warmup: bool = True  # EMA decay grows as 1 - (1 + step)^-2/3 up to ema_decay
@@ -276,6 +277,8 @@ def validate_config(cfg: Config, where: str = "") -> Config:
         bad("train.checkpoints_total_limit", f"must be >= 1 (or empty for no limit), got {t.checkpoints_total_limit}")
     if t.min_snr_gamma is not None and t.min_snr_gamma <= 0:
         bad("train.min_snr_gamma", f"must be > 0 (or empty for plain MSE), got {t.min_snr_gamma}")
+    if t.foreground_weight < 0:
+        bad("train.foreground_weight", f"must be >= 0 (0 = every pixel alike), got {t.foreground_weight}")
     if t.timestep_sampling not in TIMESTEP_SAMPLING:
         bad("train.timestep_sampling", f"expected one of {', '.join(TIMESTEP_SAMPLING)}, got {t.timestep_sampling!r}")
     if t.timestep_sampling == "importance" and t.min_snr_gamma is None:

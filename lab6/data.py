@@ -1,4 +1,4 @@
-"""The iCLEVR data layer: label files, image folders and an in-memory torch Dataset.
+"""The iCLEVR data layer: label files, image folders, an in-memory torch Dataset and object masks.
 
 Every dataset path goes through this module, which validates the course layout once:
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from . import labels as L
@@ -151,6 +152,33 @@ def _to_rgb(im: Image.Image) -> Image.Image:
             a = a / 257.0  # 16-bit: 65535 -> 255
         im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))  # mode L
     return im.convert("RGB")
+
+
+def object_masks(images: torch.Tensor, threshold: float = 0.05, batch_size: int = 512) -> torch.Tensor:
+    """Objects and their shadows in uint8 images (N, 3, H, W): pixels far from a smooth fit of the floor.
+
+    The floor (and backdrop) is fitted per image by a cubic polynomial in x, y on every other pixel, refitted
+    twice on the pixels that agree with it; masks are dilated by one pixel. Returns bool (N, H, W).
+    """
+    n, _, h, w = images.shape
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    basis = torch.stack([torch.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy, yy ** 3, xx * xx * yy], -1)
+    sub = basis[::2, ::2].reshape(1, -1, basis.shape[-1])                  # (1, P, 8) fitting points
+    basis = basis.reshape(1, h * w, -1)                                     # (1, HW, 8)
+    out = torch.zeros(n, h, w, dtype=torch.bool)
+    for i in range(0, n, batch_size):
+        x = images[i:i + batch_size].cpu().float() / 255                    # (b, 3, H, W)
+        col = x[..., ::2, ::2].reshape(x.shape[0], 3, -1).transpose(1, 2)   # (b, P, 3)
+        weight = torch.ones(x.shape[0], col.shape[1], 1)
+        for _ in range(3):  # weighted least squares through the normal equations
+            aw = sub * weight                                                # (b, P, 8)
+            gram = aw.transpose(1, 2) @ sub + 1e-4 * torch.eye(sub.shape[-1])  # (b, 8, 8)
+            coef = torch.linalg.solve(gram, aw.transpose(1, 2) @ col)        # (b, 8, 3)
+            weight = ((col - sub @ coef).abs().amax(2, keepdim=True) < threshold).float()
+        floor = (basis @ coef).transpose(1, 2).reshape(x.shape)             # (b, 3, H, W)
+        m = ((x - floor).abs().amax(1, keepdim=True) > threshold).float()   # (b, 1, H, W)
+        out[i:i + batch_size] = F.max_pool2d(m, 3, 1, 1)[:, 0] > 0
+    return out
 
 
 def load_image(path: str | os.PathLike, resolution: int = 64) -> np.ndarray:

@@ -36,6 +36,7 @@ WRONG_SHAPE = "wrong shape"    # an object of the right colour but another shape
 WRONG_COLOUR = "wrong colour"  # an object of the right shape but another colour
 MISSING = "missing"            # nothing related: the top-k slot went to an unrelated object
 MISS_KINDS = (WRONG_SHAPE, WRONG_COLOUR, MISSING)
+UNREQUESTED_THRESHOLD = 0.5   # an object the evaluator sees with p above this, and no label asked for, is unrequested
 
 
 # ---------------------------------------------------------------- model
@@ -243,6 +244,16 @@ def course_hits(out: torch.Tensor, onehot_labels: torch.Tensor) -> tuple[int, in
     return hits, total
 
 
+def unrequested_counts(out: torch.Tensor, onehot_labels: torch.Tensor,
+                       threshold: float = UNREQUESTED_THRESHOLD) -> torch.Tensor:
+    """Objects per image (B,) that the evaluator sees (p > threshold) and no label asked for.
+
+    The course's top-k accuracy is blind to them: an image that draws its k objects and a few more scores 1.
+    """
+    out, onehot_labels = out.detach().cpu(), onehot_labels.detach().cpu()
+    return ((out > threshold) & (onehot_labels == 0)).sum(1)  # (B,)
+
+
 def course_accuracy(out: torch.Tensor, onehot_labels: torch.Tensor) -> float:
     """The course's `compute_acc`: hits / labels over the whole set."""
     hits, total = course_hits(out, onehot_labels)
@@ -268,6 +279,7 @@ class ImageResult:
     predicted: list[str]   # top-k objects, most probable first
     hits: int
     misses: list[Miss] = field(default_factory=list)
+    unrequested: list[str] = field(default_factory=list)  # seen (p > 0.5) but not asked for, most probable first
 
 
 def breakdown_from_probs(out: torch.Tensor, onehot_labels: torch.Tensor) -> list[ImageResult]:
@@ -295,19 +307,23 @@ def breakdown_from_probs(out: torch.Tensor, onehot_labels: torch.Tensor) -> list
                 pairs[j] = (MISSING, extras.pop(0) if extras else None)
         misses = [Miss(L.OBJECTS[j], pairs[j][0], None if pairs[j][1] is None else L.OBJECTS[pairs[j][1]],
                        float(out[i, j])) for j in missed]
+        seen = [j for j in out[i].argsort(descending=True).tolist()
+                if out[i, j] > UNREQUESTED_THRESHOLD and j not in wanted]
         results.append(ImageResult(i, [L.OBJECTS[j] for j in wanted], [L.OBJECTS[j] for j in top],
-                                   k - len(missed), misses))
+                                   k - len(missed), misses, [L.OBJECTS[j] for j in seen]))
     return results
 
 
 def summarize(results: Sequence[ImageResult]) -> dict[str, int]:
-    """Counts over many verdicts: labels, hits and each kind of miss."""
-    counts = {"labels": 0, "hits": 0, **{kind: 0 for kind in MISS_KINDS}}
+    """Counts over many verdicts: labels, hits, each kind of miss, and images showing an unrequested object."""
+    counts = {"labels": 0, "hits": 0, **{kind: 0 for kind in MISS_KINDS}, "images": 0, "with unrequested": 0}
     for r in results:
         counts["labels"] += len(r.labels)
         counts["hits"] += r.hits
         for m in r.misses:
             counts[m.kind] += 1
+        counts["images"] += 1
+        counts["with unrequested"] += bool(r.unrequested)
     return counts
 
 
@@ -381,6 +397,16 @@ class Evaluator:
         out = self.probs(images)
         return course_hits(out, self._onehot(labels, out.shape[0]))
 
+    def scores(self, images, labels) -> dict:
+        """{accuracy, hits, labels} of the course metric, and `unrequested`: the share of images showing an
+        object (p > 0.5) that no label asked for, which the top-k metric does not see."""
+        out = self.probs(images)
+        y = self._onehot(labels, out.shape[0])
+        hits, total = course_hits(out, y)
+        extra = unrequested_counts(out, y)  # (B,)
+        return {"accuracy": hits / total, "hits": hits, "labels": total,
+                "unrequested": float((extra > 0).float().mean()) if len(extra) else 0.0}
+
     def accuracy(self, images, labels) -> float:
         """The course's pooled top-k accuracy: hits / labels over all images."""
         hits, total = self.score(images, labels)
@@ -413,6 +439,7 @@ def main_evaluate(args) -> int:
     hits, total = counts["hits"], counts["labels"]
     print(f"accuracy: {hits / total:.4f} ({hits}/{total})")
     print("misses: " + ", ".join(f"{kind} {counts[kind]}" for kind in MISS_KINDS) + f"  [evaluator: {evaluator.path}]")
+    print(f"images showing an object no label asked for: {counts['with unrequested']} of {counts['images']}")
     return 0
 
 
@@ -467,33 +494,6 @@ class EvaluatorTrainConfig:
         for name in ("max_minutes", "noise"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"EvaluatorTrainConfig.{name}: must be >= 0, got {getattr(self, name)}")
-
-
-def object_masks(images: torch.Tensor, threshold: float = 0.05, batch_size: int = 512) -> torch.Tensor:
-    """Objects and their shadows in uint8 images (N, 3, H, W): pixels far from a smooth fit of the floor.
-
-    The floor (and backdrop) is fitted per image by a cubic polynomial in x, y on every other pixel, refitted
-    twice on the pixels that agree with it; masks are dilated by one pixel. Returns bool (N, H, W).
-    """
-    n, _, h, w = images.shape
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    basis = torch.stack([torch.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy, yy ** 3, xx * xx * yy], -1)
-    sub = basis[::2, ::2].reshape(1, -1, basis.shape[-1])                  # (1, P, 8) fitting points
-    basis = basis.reshape(1, h * w, -1)                                     # (1, HW, 8)
-    out = torch.zeros(n, h, w, dtype=torch.bool)
-    for i in range(0, n, batch_size):
-        x = images[i:i + batch_size].cpu().float() / 255                    # (b, 3, H, W)
-        col = x[..., ::2, ::2].reshape(x.shape[0], 3, -1).transpose(1, 2)   # (b, P, 3)
-        weight = torch.ones(x.shape[0], col.shape[1], 1)
-        for _ in range(3):  # weighted least squares through the normal equations
-            aw = sub * weight                                                # (b, P, 8)
-            gram = aw.transpose(1, 2) @ sub + 1e-4 * torch.eye(sub.shape[-1])  # (b, 8, 8)
-            coef = torch.linalg.solve(gram, aw.transpose(1, 2) @ col)        # (b, 8, 3)
-            weight = ((col - sub @ coef).abs().amax(2, keepdim=True) < threshold).float()
-        floor = (basis @ coef).transpose(1, 2).reshape(x.shape)             # (b, 3, H, W)
-        m = ((x - floor).abs().amax(1, keepdim=True) > threshold).float()   # (b, 1, H, W)
-        out[i:i + batch_size] = F.max_pool2d(m, 3, 1, 1)[:, 0] > 0
-    return out
 
 
 def paste_objects(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, donors: torch.Tensor,
@@ -701,6 +701,7 @@ def _train(cfg: EvaluatorTrainConfig, ds, out: Path, partial: Path, dev: torch.d
     labels = ds.labels.to(dev)                                  # (N, 24)
     steps_per_epoch = max(1, len(train_idx) // cfg.batch_size)  # drop the last partial batch (BN wants full ones)
     if cfg.paste > 0:
+        from .data import object_masks
         masks = object_masks(ds.images).to(dev)                 # (N, 64, 64) bool
         area = masks.flatten(1).sum(1).cpu()
         one = (ds.labels.sum(1) == 1) & (area >= 16) & (area <= 0.25 * masks[0].numel())

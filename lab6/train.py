@@ -53,7 +53,8 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float, prediction_type:
 
 def diffusion_loss(model, x0: torch.Tensor, labels: torch.Tensor, alphas_cumprod: torch.Tensor,
                    generator: torch.Generator, prediction_type: str = "epsilon", cond_drop_prob: float = 0.0,
-                   min_snr_gamma: float | None = None, timestep_sampling: str = "uniform") -> torch.Tensor:
+                   min_snr_gamma: float | None = None, timestep_sampling: str = "uniform",
+                   pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
     """One Monte-Carlo estimate of the DDPM loss: t ~ U{0..T-1}, eps ~ N(0, I), ||target - f(x_t, t, y)||^2.
 
     Noise, timesteps and the condition dropout are drawn on the CPU from `generator` (reproducible on any device);
@@ -61,6 +62,7 @@ def diffusion_loss(model, x0: torch.Tensor, labels: torch.Tensor, alphas_cumprod
     With min-SNR weights w(t), `timestep_sampling="importance"` draws t with probability w(t) / sum(w) and weighs
     every sample by mean(w): the same expected loss as uniform t with weights w(t), without spending samples on
     the timesteps whose weight is near zero (the ends of the schedule), so the gradient is less noisy.
+    `pixel_weight` (B, 1, R, R) weighs each image's squared errors (a weighted mean over its pixels).
     """
     b, dev = x0.shape[0], x0.device
     T = len(alphas_cumprod)
@@ -79,7 +81,12 @@ def diffusion_loss(model, x0: torch.Tensor, labels: torch.Tensor, alphas_cumprod
     xt = q_sample(x0, t, eps, alphas_cumprod)  # (B, 3, R, R)
     out = model(xt, t, y).float()  # (B, 3, R, R)
     target = eps if prediction_type == "epsilon" else v_target(x0, t, eps, alphas_cumprod)  # (B, 3, R, R)
-    loss = F.mse_loss(out, target, reduction="none").mean(dim=(1, 2, 3))  # (B,)
+    se = F.mse_loss(out, target, reduction="none")  # (B, 3, R, R)
+    if pixel_weight is None:
+        loss = se.mean(dim=(1, 2, 3))  # (B,)
+    else:
+        pw = pixel_weight.to(se)  # (B, 1, R, R)
+        loss = (se * pw).mean(dim=(1, 2, 3)) / pw.mean(dim=(1, 2, 3))  # (B,)
     if w_all is not None:
         w = w_all.mean() if timestep_sampling == "importance" else w_all[t.cpu()]  # () or (B,)
         loss = loss * w.to(loss.device)
@@ -113,13 +120,17 @@ class BatchOrder:
 
 
 def make_batch(images_u8: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, generator: torch.Generator,
-               hflip: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 rows -> x0 float (B, 3, R, R) in [-1, 1] (randomly mirrored) and labels (B, 24) on device."""
+               hflip: bool, device, masks: torch.Tensor | None = None, foreground_weight: float = 0.0):
+    """uint8 rows -> x0 float (B, 3, R, R) in [-1, 1] (randomly mirrored), labels (B, 24) and, given object
+    masks (N, R, R), pixel weights (B, 1, R, R) = 1 + foreground_weight on objects (else None), on device."""
     x0 = images_u8[idx].float() / 127.5 - 1.0  # (B, 3, R, R)
+    pw = None if masks is None else 1.0 + foreground_weight * masks[idx, None].float()  # (B, 1, R, R)
     flip = torch.rand(len(idx), generator=generator) < 0.5 if hflip else None  # (B,)
     if flip is not None:
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-    return x0.to(device, non_blocking=True), labels[idx].to(device, non_blocking=True)
+        pw = None if pw is None else torch.where(flip[:, None, None, None], pw.flip(-1), pw)
+    pw = None if pw is None else pw.to(device, non_blocking=True)
+    return x0.to(device, non_blocking=True), labels[idx].to(device, non_blocking=True), pw
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -534,7 +545,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    from .data import IclevrDataset, default_data_root
+    from .data import IclevrDataset, default_data_root, object_masks
 
     t = cfg.train
     device = _resolve_device(t.device)
@@ -564,6 +575,9 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
     if len(ds) == 0:
         raise DataError(f"{data_root}: no training images")
     images_u8, labels_all = ds.images, ds.labels  # (N, 3, R, R) uint8, (N, 24)
+    masks = None
+    if t.foreground_weight > 0:
+        masks = object_masks(images_u8)  # (N, R, R) bool: objects and their shadows
 
     torch.manual_seed(t.seed)  # same initial weights on every process
     model = build_model(cfg.model)
@@ -620,9 +634,10 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
                             print(f"time budget of {t.max_minutes} min reached at step {step}", flush=True)
                         break
                 idx = order.indices(step, gbs)[rank * t.batch_size:(rank + 1) * t.batch_size]  # (B,)
-                x0, y = make_batch(images_u8, labels_all, idx, generator, t.hflip, accelerator.device)
+                x0, y, pw = make_batch(images_u8, labels_all, idx, generator, t.hflip, accelerator.device,
+                                       masks, t.foreground_weight)
                 loss = diffusion_loss(model, x0, y, ac, generator, cfg.schedule.prediction_type,
-                                      t.cond_drop_prob, t.min_snr_gamma, t.timestep_sampling)
+                                      t.cond_drop_prob, t.min_snr_gamma, t.timestep_sampling, pw)
                 accelerator.backward(loss)
                 if t.grad_clip > 0:
                     accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)

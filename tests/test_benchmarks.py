@@ -92,6 +92,7 @@ def test_evaluator_ceiling_with_fresh_renders(tmp_path):
     assert rows["test"][1] == "16" and rows["new_test"][1] == "16"  # 2 renders x 8 label sets each
     labels = sum(len(s) for s in json.loads((ds / "test.json").read_text())) * 2
     assert rows["test"][3].endswith(f"/{labels})") and rows["test"][5].endswith(f"/{labels})")  # sharp, round trip
+    assert rows["test"][-4] == "unrequested" and rows["test"][-3].endswith("/16")  # images with an extra object
     assert "new_test" in r.stdout and "no new_test_gt/ folder" in r.stdout  # sharp table skips what is absent
     bad = run("bench_evaluator.py", "--data", str(ds), "--renders", "-1")
     assert bad.returncode == 2 and "--renders: expected a count >= 0, got -1" in bad.stderr
@@ -174,6 +175,7 @@ def test_quality_writes_table_csv_plot_and_machine_info(quality_run):
     assert [(r["split"], r["guidance"], r["budget_min"]) for r in native] == [("test", "2.0", "0.02")]
     for r in rows:
         assert 0 <= float(r["accuracy"]) <= 1 and r["labels"] and float(r["sample_seconds"]) > 0
+        assert 0 <= float(r["unrequested"]) <= 1  # share of images showing an object no label asked for
     # Time budgets are cumulative within one run, resumed once; training time reaches each budget.
     table = read_csv(out / "quality_table.csv")
     assert [t["budget"] for t in table] == ["0.01", "0.02"]
@@ -209,10 +211,11 @@ def test_sampling_on_the_tiny_run(quality_run, tmp_path):
     assert [(x["setting"], x["guidance"], x["seed"]) for x in rows] == [
         (s, w, seed) for w in ("2.0", "1.0") for s in ("DPM++-10", "DDIM-25") for seed in ("0", "1")]
     assert all(x["images"] == "2" and float(x["seconds"]) > 0 for x in rows)
+    assert all(float(x["unrequested"]) in (0.0, 0.5, 1.0) for x in rows)  # 0, 1 or 2 of the 2 images
     info = json.loads((out / "sampling.json").read_text())
     assert info["model"]["default_guidance"] == 2.0 and info["guidance"] == [2.0, 1.0]
     assert len(info["summary"]) == 4 and info["machine"]["torch_threads"] >= 1
-    assert "acc w=2 (default)" in (out / "report.txt").read_text()
+    assert "acc w=2 (default)" in (out / "report.txt").read_text() and "extra w=2" in (out / "report.txt").read_text()
 
 
 

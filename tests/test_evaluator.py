@@ -12,6 +12,7 @@ from PIL import Image
 from lab6 import cli
 from lab6 import evaluator as E
 from lab6 import labels as L
+from lab6.data import object_masks
 from lab6.errors import CheckpointError, ConfigError, DataError, LabelError
 from tests.conftest import write_course_layout
 
@@ -218,6 +219,10 @@ def test_label_sets_and_tensors_agree(ckpt_path):
     sets = [["red cube"], ["blue sphere", "gray cylinder"], ["green cube", "cyan sphere", "yellow cylinder"]]
     x = torch.rand(3, 3, 64, 64) * 2 - 1
     assert ev.score(x, sets) == ev.score(x, L.encode_batch(sets))
+    sc = ev.scores(x, sets)
+    assert (sc["hits"], sc["labels"]) == ev.score(x, sets) and sc["accuracy"] == ev.accuracy(x, sets)
+    seen = E.unrequested_counts(ev.probs(x), L.encode_batch(sets))
+    assert sc["unrequested"] == pytest.approx(float((seen > 0).float().mean()))
     with pytest.raises(LabelError, match="3 images but 2 label sets"):
         ev.score(x, sets[:2])
 
@@ -251,7 +256,15 @@ def test_breakdown_names_what_was_seen_instead():
     assert r[0].misses[0].prob == pytest.approx(0.3)
     assert [(m.object, m.kind, m.seen) for m in r[1].misses] == [("gray cube", E.WRONG_COLOUR, "red cube")]
     assert r[2].hits == 1 and r[2].misses == []
-    assert E.summarize(r) == {"labels": 5, "hits": 2, E.WRONG_SHAPE: 1, E.WRONG_COLOUR: 1, E.MISSING: 1}
+    assert [x.unrequested for x in r] == [["red sphere", "yellow cube"], ["red cube"], []]  # p > 0.5, not asked
+    assert E.summarize(r) == {"labels": 5, "hits": 2, E.WRONG_SHAPE: 1, E.WRONG_COLOUR: 1, E.MISSING: 1,
+                              "images": 3, "with unrequested": 2}
+    assert E.unrequested_counts(out, y).tolist() == [2, 1, 0]
+    # An image that draws its object and one more still scores 1 on the top-k metric; `unrequested` sees it.
+    extra = torch.full((1, 24), 0.01)
+    extra[0, [idx["cyan sphere"], idx["red cube"]]] = torch.tensor([0.9, 0.8])
+    assert E.course_hits(extra, L.encode_batch([["cyan sphere"]])) == (1, 1)
+    assert E.unrequested_counts(extra, L.encode_batch([["cyan sphere"]])).tolist() == [1]
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -391,7 +404,7 @@ def _floor_scene(squares, size=64):
 def test_object_masks_and_paste():
     images = torch.stack([_floor_scene([(10, 10, 8, (200, 30, 30))]), _floor_scene([(40, 40, 6, (30, 30, 200))]),
                           _floor_scene([(12, 12, 8, (30, 200, 30))]), _floor_scene([])])
-    masks = E.object_masks(images)
+    masks = object_masks(images)
     want = torch.zeros(64, 64, dtype=torch.bool)
     want[9:19, 9:19] = True  # the 8x8 square, dilated by one pixel
     assert torch.equal(masks[0], want) and masks[3].sum() == 0

@@ -87,6 +87,51 @@ def test_importance_sampling_needs_min_snr():
                        torch.Generator(), "v_prediction", 0.0, None, "importance")
 
 
+def test_pixel_weights_ignore_what_they_zero_and_keep_the_scale():
+    """A weighted mean over pixels: zero weight hides errors there, and a constant weight changes nothing."""
+    ac = alphas_cumprod(PROFILES["tiny"].schedule).float()
+    x0, y = torch.rand(4, 3, 4, 4) * 2 - 1, torch.zeros(4, 24)
+    left = torch.zeros(4, 1, 4, 4)
+    left[..., :2] = 1.0
+
+    def wrong_on_the_right(xt, t, labels):
+        return xt + torch.cat([torch.zeros(4, 3, 4, 2), torch.full((4, 3, 4, 2), 1000.0)], -1)
+
+    def loss(model, pw):
+        return float(diffusion_loss(model, x0, y, ac, torch.Generator().manual_seed(0), pixel_weight=pw))
+
+    assert loss(lambda xt, t, labels: xt, left) == pytest.approx(loss(wrong_on_the_right, left))
+    assert loss(lambda xt, t, labels: xt, 3 * torch.ones(4, 1, 4, 4)) == pytest.approx(
+        loss(lambda xt, t, labels: xt, None))
+    assert loss(wrong_on_the_right, None) > 1e5
+
+
+def test_foreground_weights_follow_mirrored_images():
+    """make_batch mirrors the pixel weights with their images; the loop trains with them."""
+    from lab6.train import make_batch
+    images = torch.full((8, 3, 4, 4), 100, dtype=torch.uint8)
+    images[:, :, 1, 0] = 250  # one bright "object" pixel at the left edge
+    masks = images[:, 0] == 250  # (8, 4, 4)
+    x0, _, pw = make_batch(images, torch.zeros(8, 24), torch.arange(8), torch.Generator().manual_seed(0), True,
+                           "cpu", masks, foreground_weight=2.0)
+    assert torch.equal(pw[:, 0] == 3.0, x0[:, 0] > 0.9)  # weight 1 + 2 exactly where the object is
+    assert (pw[:, 0, 1, 3] == 3.0).any() and (pw[:, 0, 1, 0] == 3.0).any()  # some mirrored, some not
+    assert make_batch(images, torch.zeros(8, 24), torch.arange(8), torch.Generator(), True, "cpu")[2] is None
+    with pytest.raises(ConfigError, match="foreground_weight"):
+        load_config("tiny", foreground_weight=-1)
+
+
+def test_foreground_weight_changes_the_training_loss(tmp_path):
+    from lab6.synth import write_dataset
+    scenes = tmp_path / "scenes"  # rendered scenes: objects on a floor, so the masks are the objects
+    write_dataset(scenes, scenes=4, seed=0, workers=1, progress=False)
+    plain = train(tiny_cfg(tmp_path / "plain", scenes, max_steps=2), progress=False)
+    fg = train(tiny_cfg(tmp_path / "fg", scenes, max_steps=2, foreground_weight=4.0), progress=False)
+    a, b = _metrics(plain), _metrics(fg)
+    assert [m["step"] for m in a] == [m["step"] for m in b] == [1, 2]
+    assert all(0 < m["loss"] < 10 for m in b) and a[0]["loss"] != b[0]["loss"]
+
+
 def test_warmup_stable_decay_schedule(tmp_path, dataset):
     from lab6.train import wsd_factor
     f = [wsd_factor(s, warmup=2, max_steps=10, decay_fraction=0.3) for s in range(11)]
