@@ -250,8 +250,13 @@ def unrequested_counts(out: torch.Tensor, onehot_labels: torch.Tensor,
 
     The course's top-k accuracy is blind to them: an image that draws its k objects and a few more scores 1.
     """
-    out, onehot_labels = out.detach().cpu(), onehot_labels.detach().cpu()
-    return ((out > threshold) & (onehot_labels == 0)).sum(1)  # (B,)
+    return unrequested_mask(out, onehot_labels, threshold).sum(1)  # (B,)
+
+
+def unrequested_mask(out: torch.Tensor, onehot_labels: torch.Tensor,
+                     threshold: float = UNREQUESTED_THRESHOLD) -> torch.Tensor:
+    """bool (B, 24): the objects each image shows (p > threshold) that its labels did not ask for."""
+    return (out.detach().cpu() > threshold) & (onehot_labels.detach().cpu() == 0)
 
 
 def course_accuracy(out: torch.Tensor, onehot_labels: torch.Tensor) -> float:
@@ -285,6 +290,7 @@ class ImageResult:
 def breakdown_from_probs(out: torch.Tensor, onehot_labels: torch.Tensor) -> list[ImageResult]:
     """Per-image verdicts: each missed object paired with an unwanted top-k object, related ones first."""
     out, onehot_labels = out.detach().cpu(), onehot_labels.detach().cpu()
+    extra = unrequested_mask(out, onehot_labels)  # (B, 24)
     results = []
     for i in range(out.size(0)):
         k = int(onehot_labels[i].sum().item())
@@ -307,8 +313,7 @@ def breakdown_from_probs(out: torch.Tensor, onehot_labels: torch.Tensor) -> list
                 pairs[j] = (MISSING, extras.pop(0) if extras else None)
         misses = [Miss(L.OBJECTS[j], pairs[j][0], None if pairs[j][1] is None else L.OBJECTS[pairs[j][1]],
                        float(out[i, j])) for j in missed]
-        seen = [j for j in out[i].argsort(descending=True).tolist()
-                if out[i, j] > UNREQUESTED_THRESHOLD and j not in wanted]
+        seen = [j for j in out[i].argsort(descending=True).tolist() if extra[i, j]]
         results.append(ImageResult(i, [L.OBJECTS[j] for j in wanted], [L.OBJECTS[j] for j in top],
                                    k - len(missed), misses, [L.OBJECTS[j] for j in seen]))
     return results
