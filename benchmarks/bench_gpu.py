@@ -153,11 +153,12 @@ def train_job(name: str, profile: str, overrides: dict, out: Path, data: Path, d
                   "max_minutes": max_minutes, "num_threads": threads,
                   "checkpoint_every": max(10, max_steps // 4), "validate_every": 0, "validate_num": 0,
                   **(extra_train or {})}
-    over = {k: dict(v) for k, v in overrides.items()}
-    # warmup: the profile's share of its own schedule, applied to this one
-    base = load_config(profile, **{k: v for k, v in over.items() if k != "train"})
-    warm = base.train.lr_warmup_steps / base.train.max_steps
-    train_over.setdefault("lr_warmup_steps", max(2, round(warm * max_steps)))
+    over = {k: dict(v) if isinstance(v, dict) else v for k, v in overrides.items()}
+    if "lr_warmup_steps" not in over.get("train", {}) and "lr_warmup_steps" not in over:
+        # warmup: the profile's share of its own schedule, applied to this one
+        base = load_config(profile, **{k: v for k, v in over.items() if k != "train"})
+        warm = base.train.lr_warmup_steps / base.train.max_steps
+        train_over.setdefault("lr_warmup_steps", max(2, round(warm * max_steps)))
     over["train"] = {**over.get("train", {}), **train_over}
     cfg = load_config(profile, **over)
     t0 = time.time()
@@ -213,9 +214,13 @@ def run_job(args) -> None:
         run, result["train"] = train_job("full", args.full_profile, {}, folder, data, dev, args.full_steps,
                                          args.full_minutes, args.threads)
         result["eval"] = evaluate(run / "pipeline", data, evaluator_for(out, args.evaluator), dev,
-                                  (1.0, 2.0, 4.0), steps=25, seeds=(0,))
+                                  (1.0, 2.0, 4.0), steps=25, seeds=tuple(args.full_seeds))
     elif kind == "quick":
-        run, result["train"] = train_job("quick", args.profile, {}, folder, data, dev, args.quick_steps,
+        from bench_quality import profile_overrides
+        spec = args.quick_profile or args.profile
+        base, over = profile_overrides(spec)
+        result["spec"] = spec
+        run, result["train"] = train_job("quick", base, over, folder, data, dev, args.quick_steps,
                                          args.quick_minutes, args.threads)
         result["eval"] = evaluate(run / "pipeline", data, evaluator_for(out, args.evaluator), dev, SCALES,
                                   steps=25, seeds=(0, 1, 2), samplers=True)
@@ -483,7 +488,7 @@ def main(argv=None) -> int:
     p.add_argument("--ev-variants", default=None, help="comma list of EV_VARIANTS names (default all)")
     p.add_argument("--ev-scenes-scale", type=float, default=1.0, help="scales every all-pairs set (CPU checks)")
     p.add_argument("--ev-cpu-minutes", type=float, default=9.0, help="the CPU evaluator's training budget")
-    p.add_argument("--profile", default="quick", help="profile of `quick`, `sweep` and `curve`")
+    p.add_argument("--profile", default="quick", help="profile of `sweep`, `curve` and (unless --quick-profile) `quick`")
     p.add_argument("--variants", default=None, help="comma list of VARIANTS names for `sweep` (default all)")
     p.add_argument("--cpu-minutes", type=float, default=20.0, help="CPU minutes each sweep variant gets")
     p.add_argument("--cpu-img-per-s", type=float, default=QUICK_IMG_S,
@@ -498,6 +503,11 @@ def main(argv=None) -> int:
     p.add_argument("--full-profile", default="full")
     p.add_argument("--full-steps", type=int, default=3000)
     p.add_argument("--full-minutes", type=float, default=4.0)
+    p.add_argument("--full-seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0],
+                   help="sampling seeds of the `full` job's DPM-Solver++ 25-step scores")
+    p.add_argument("--quick-profile", default=None,
+                   help="recipe of the `quick` job, PROFILE+section.setting=value+... as bench_quality's --profiles "
+                        "(default --profile)")
     p.add_argument("--quick-steps", type=int, default=4000)
     p.add_argument("--quick-minutes", type=float, default=3.5)
     args = p.parse_args(argv)

@@ -124,6 +124,23 @@ def profile_spec(spec: str) -> tuple[str, dict]:
     return base, overrides
 
 
+def profile_overrides(spec: str) -> tuple[str, dict]:
+    """'quick+train.seed=1+lr=0.003' -> ('quick', {'train': {'seed': 1}, 'lr': 0.003}): load_config's overrides."""
+    from lab6.config import SECTIONS
+    from lab6.errors import ConfigError
+    base, flat = profile_spec(spec)
+    overrides: dict = {}
+    for key, value in flat.items():
+        section, dot, name = key.partition(".")  # 'train.seed': a setting whose name is in two sections
+        if dot:
+            overrides.setdefault(section, {})[name] = value
+        elif key in SECTIONS:
+            raise ConfigError(f"--profiles: {spec!r}: name single settings (e.g. +lr=0.003), not a section")
+        else:
+            overrides[key] = value
+    return base, overrides
+
+
 def file_stem(profile: str, limit: int = 80) -> str:
     """A file-name-safe stem for a profile variant: long ones are cut and keep a hash, so names stay unique."""
     if len(profile) <= limit:
@@ -137,8 +154,7 @@ def setting_name(sampler: str, steps: int) -> str:
 
 def train_config(profile: str, run_dir: Path, args, minutes: float, max_steps: int | None):
     """The profile's recipe with a time budget, no in-loop checkpoints or validation (they would eat the budget)."""
-    from lab6.config import SECTIONS, load_config
-    from lab6.errors import ConfigError
+    from lab6.config import load_config
     train = {"output_dir": str(run_dir), "data_root": str(args.data), "max_minutes": minutes,
              "checkpoint_every": 10**9, "validate_every": 0, "validate_num": 0, "log_every": 1,
              "checkpoints_total_limit": 1}
@@ -148,17 +164,9 @@ def train_config(profile: str, run_dir: Path, args, minutes: float, max_steps: i
         train["num_threads"] = args.threads
     if args.device is not None:
         train["device"] = args.device
-    base, overrides = profile_spec(profile)
-    sections: dict[str, dict] = {"train": {}}
-    for key, value in list(overrides.items()):
-        section, dot, name = key.partition(".")  # 'train.seed': a setting whose name is in two sections
-        if dot:
-            sections.setdefault(section, {})[name] = value
-            del overrides[key]
-        elif key in SECTIONS:
-            raise ConfigError(f"--profiles: {profile!r}: name single settings (e.g. +lr=0.003), not a section")
-    train = {**sections.pop("train"), **train}
-    return load_config(base, train=train, **sections, **overrides)
+    base, overrides = profile_overrides(profile)
+    train = {**overrides.pop("train", {}), **train}
+    return load_config(base, train=train, **overrides)
 
 
 def train_segment(profile: str, run_dir: Path, args, seconds: float, max_steps: int | None, resume: bool) -> dict:

@@ -246,6 +246,34 @@ def test_gpu_session_script_runs_its_jobs_on_the_cpu(tmp_path):
     assert all(job in summary for job in res["exit_codes"])
 
 
+def test_gpu_session_script_trains_full_quick_and_evaluator_on_the_cpu(tmp_path):
+    """bench_gpu's `evaluator`, `full` and `quick` jobs with tiny settings: the quick job takes a recipe spec
+    (its warm-up and scheduler reach the run's saved config), the full job scores with the evaluator the
+    `evaluator` job trained, and the summary prints both."""
+    import yaml
+    ds = write_course_layout(tmp_path / "ds")
+    out = tmp_path / "g"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    spec = "tiny+train.lr_scheduler=warmup_stable_decay+train.lr_warmup_steps=3+train.mixed_precision='no'"  # YAML reads a bare no as false
+    r = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), "--data", str(ds), "--out", str(out),
+                        "--device", "cpu", "--jobs", "evaluator,full,quick", "--full-profile", "tiny",
+                        "--full-steps", "4", "--full-seeds", "0,1", "--quick-profile", spec, "--quick-steps", "6",
+                        "--eval-scenes", "8", "--eval-width", "8", "--eval-epochs", "1", "--render-workers", "1",
+                        "--deadline", "300"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["exit_codes"] == {"evaluator": 0, "full": 0, "quick": 0}
+    assert res["full"]["eval"]["evaluator"] == str(out / "evaluator" / "evaluator.pth")
+    assert res["full"]["eval"]["seeds"] == [0, 1] and res["full"]["train"]["steps"] == 4
+    assert res["quick"]["spec"] == spec and res["quick"]["train"]["steps"] == 6
+    saved = yaml.safe_load(next((out / "quick").glob("*/config.yaml")).read_text())
+    assert saved["train"]["lr_scheduler"] == "warmup_stable_decay" and saved["train"]["lr_warmup_steps"] == 3
+    assert saved["train"]["max_steps"] == 6 and saved["train"]["mixed_precision"] == "no"
+    summary = (out / "summary.txt").read_text()
+    assert "full (tiny)" in summary and "quick (tiny)" in summary and "evaluator (full width)" in summary
+
+
 def test_gpu_sweep_variants_are_valid_quick_configs():
     """Every VARIANTS row of bench_gpu builds a valid quick config; the old recipe is spelled out so the
     recorded sweep stays reproducible now that its winner is the profile."""
