@@ -19,3 +19,7 @@ class ConfigError(Lab6Error, ValueError):
 
 class CheckpointError(Lab6Error):
     """A checkpoint or exported model is missing, corrupt or does not match."""
+
+
+class TrainingError(Lab6Error):
+    """Training went wrong in a way the user can act on (e.g. the loss diverged to NaN)."""

@@ -372,6 +372,10 @@ class Evaluator:
                           f"(bilinear) as the course evaluator expects", stacklevel=3)
             down = x.shape[-1] > RESOLUTION or x.shape[-2] > RESOLUTION
             x = F.interpolate(x, size=(RESOLUTION, RESOLUTION), mode="bilinear", align_corners=False, antialias=down)
+        bad = ~torch.isfinite(x).flatten(1).all(dim=1)  # (B,)
+        if bad.any():  # top-k of NaN scores would count arbitrary hits
+            raise DataError(f"evaluator: {int(bad.sum())} of {x.shape[0]} images hold NaN or inf values (first: image "
+                            f"{int(bad.nonzero()[0])}); a model whose training diverged draws these")
         if x.numel() and (x.min() < -1.5 or x.max() > 1.5):
             warnings.warn(f"evaluator: image values span [{x.min():.2f}, {x.max():.2f}]; the evaluator expects [-1, 1] "
                           f"(convert uint8 images with lab6.data.from_uint8)", stacklevel=3)

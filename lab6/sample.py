@@ -78,6 +78,10 @@ def load_pipeline(model: str | os.PathLike, device: str | None = None) -> Condit
     if not isinstance(pipe.unet, ConditionalUNet):
         raise CheckpointError(f"{path}: holds a {type(pipe.unet).__name__}, not lab6's label-conditioned "
                               f"ConditionalUNet; pass a folder written by `lab6 train`")
+    bad = [name for name, w in pipe.unet.state_dict().items() if w.is_floating_point() and not torch.isfinite(w).all()]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); the training "
+                              f"that wrote it diverged: use an earlier checkpoint-<step>/ or retrain with a lower lr")
     pipe.unet.eval()
     check_device(device, "device")
     return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import random
 import re
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config, TrainConfig, check_device, config_from_dict, load_config, read_yaml, to_yaml
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .io import check_writable_dir, ensure_writable_dir, replace_dir, write_json, write_text
 from .model import ConditionalUNet, build_model, count_parameters
 from .schedules import make_scheduler, q_sample, snr, v_target
@@ -655,6 +656,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
                     ips = win_steps * gbs / max(now - t_window, 1e-9)
                     mean_loss = accelerator.reduce(loss_sum / loss_n, "mean").item() if world > 1 \
                         else float(loss_sum / loss_n)  # mean over the window and all processes
+                    check_finite(mean_loss, step, last_ckpt, out)
                     rec = {"step": step, "loss": round(mean_loss, 6), "lr": lr_scheduler.get_last_lr()[0],
                            "img_per_s": round(ips, 2), "elapsed_s": round(now - t_start, 1)}
                     if accelerator.device.type == "cuda":
@@ -666,6 +668,9 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
                 bar.update(1)
                 pause = time.monotonic()  # checkpoints and validation do not count against img/s
                 if step % t.checkpoint_every == 0 and step < t.max_steps:
+                    if loss_n:  # never write diverged weights as the latest checkpoint
+                        check_finite(accelerator.reduce(loss_sum / loss_n, "mean").item() if world > 1
+                                     else float(loss_sum / loss_n), step, last_ckpt, out)
                     save_checkpoint(run, step)
                     last_ckpt = step
                 if validator is not None and t.validate_every and step % t.validate_every == 0 \
@@ -694,6 +699,17 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
     if interrupted:
         raise KeyboardInterrupt
     return out
+
+
+def check_finite(loss: float, step: int, last_ckpt: int | None, out: Path) -> None:
+    """Stop training with a clear error once the loss is NaN or inf: every later step, checkpoint and export
+    would hold diverged weights."""
+    if math.isfinite(loss):
+        return
+    good = f"the last checkpoint written, {out / f'checkpoint-{last_ckpt}'}, predates it" if last_ckpt > 0 \
+        else "no checkpoint was written before it"
+    raise TrainingError(f"{out}: training diverged: the loss is {loss} by step {step}; {good}. Resume from an "
+                        f"earlier checkpoint with a lower train.lr (or a stronger train.grad_clip)")
 
 
 def _log(metrics: Path, record: dict, callback) -> None:

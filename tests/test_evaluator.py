@@ -238,6 +238,10 @@ def test_uint8_and_other_sizes(ckpt_path):
     torch.testing.assert_close(p, ev.probs(up))
     with pytest.raises(DataError, match=r"expected images of shape \(B, 3, H, W\)"):
         ev.probs(torch.rand(2, 1, 64, 64))
+    nan = torch.zeros(3, 3, 64, 64)
+    nan[1, 0, 5, 5] = float("nan")
+    with pytest.raises(DataError, match=r"1 of 3 images hold NaN or inf values \(first: image 1\)"):
+        ev.accuracy(nan, [["red cube"]] * 3)
 
 
 # ---------------------------------------------------------------- breakdown

@@ -119,6 +119,17 @@ def test_load_pipeline_errors(tmp_path):
         load_pipeline(tmp_path)
 
 
+def test_load_pipeline_refuses_diverged_weights(pipe, tmp_path):
+    """NaN weights (a diverged training) are a one-line error, not images of noise that score by chance."""
+    from lab6.errors import CheckpointError
+    with torch.no_grad():
+        next(pipe.unet.parameters()).fill_(float("nan"))
+    pipe.save_pretrained(tmp_path / "nan")
+    with pytest.raises(CheckpointError, match=r"1 weight tensors hold NaN or inf \(first: .*\); the training that "
+                                              r"wrote it diverged"):
+        load_pipeline(tmp_path / "nan", device="cpu")
+
+
 def test_sample_split_writes_the_deliverables(pipe, tmp_path):
     from PIL import Image
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -217,6 +218,33 @@ def test_ctrl_c_ends_with_checkpoint_and_export(tmp_path, dataset, monkeypatch):
         train(tiny_cfg(tmp_path / "c", dataset, max_steps=50, checkpoint_every=100), progress=False)
     assert [s for s, _ in list_checkpoints(tmp_path / "c")] == [2]
     assert (tmp_path / "c" / "pipeline" / "model_index.json").is_file()
+
+
+def test_a_diverged_loss_stops_training_without_writing_nan_weights(tmp_path, dataset, monkeypatch):
+    """Once the loss is NaN the run stops with a one-line error naming the last good checkpoint, and writes no
+    checkpoint or export after it (a GPU run of the quick recipe diverged at step 6570: benchmarks/README.md)."""
+    import lab6.train as T
+    from lab6.errors import TrainingError
+    calls = {"n": 0}
+    real = T.diffusion_loss
+
+    def diverging(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] >= 4 else loss
+
+    monkeypatch.setattr(T, "diffusion_loss", diverging)
+    with pytest.raises(TrainingError, match=r"training diverged: the loss is nan by step 4; the last checkpoint "
+                                            r"written, .*checkpoint-3, predates it"):
+        train(tiny_cfg(tmp_path / "d", dataset, max_steps=8, checkpoint_every=3), progress=False)
+    assert [s for s, _ in list_checkpoints(tmp_path / "d")] == [3]
+    assert not (tmp_path / "d" / "pipeline").exists()
+    assert all(math.isfinite(r["loss"]) for r in _metrics(tmp_path / "d") if "loss" in r)
+    # a window that is not logged yet is checked before a checkpoint is written over it
+    calls["n"] = 0
+    with pytest.raises(TrainingError, match="by step 6; no checkpoint was written before it"):
+        train(tiny_cfg(tmp_path / "w", dataset, max_steps=8, checkpoint_every=6, log_every=100), progress=False)
+    assert list_checkpoints(tmp_path / "w") == []
 
 
 def _free_port() -> int:
