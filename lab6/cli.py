@@ -161,6 +161,9 @@ def _add_run(sub) -> None:
     p.add_argument("--force", action="store_true", help="re-run notebooks whose outputs are already complete")
     p.add_argument("--max-steps", type=int, default=0,
                    help="training steps of notebook 03 (default 0: the profile's)")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="training time budget of notebook 03; the first of it and --max-steps ends training "
+                        "(default 0: the profile's)")
     p.add_argument("--no-ddpm-1000", action="store_true",
                    help="leave DDPM-1000 out of notebook 04's sampler comparison (quick: ~2 min on a 2-core CPU)")
     p.set_defaults(func=_cmd_run)

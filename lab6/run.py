@@ -35,6 +35,7 @@ class RunConfig:
     force: bool = False
     synth_scenes: int = 6000  # scenes rendered when the synthetic dataset is missing
     max_steps: int = 0  # notebook 03's training steps; 0 = the profile's (quick: 3200, ~20 min on 2 cores)
+    max_minutes: float = 0.0  # notebook 03's training time budget; 0 = the profile's (quick: 20); the first limit ends it
     ddpm_1000: bool = True  # notebook 04 compares DDPM-1000 too (quick: ~2 min for 32 images on a 2-core CPU)
 
     def resolved(self) -> "RunConfig":
@@ -47,7 +48,8 @@ class RunConfig:
     def notebook_parameters(self) -> dict:
         """The flat literals injected into each notebook's `parameters` cell."""
         return {"profile": self.profile, "data_root": self.data_root, "run_dir": self.run_dir,
-                "device": self.device, "seed": self.seed, "max_steps": self.max_steps, "ddpm_1000": self.ddpm_1000}
+                "device": self.device, "seed": self.seed, "max_steps": self.max_steps, "max_minutes": self.max_minutes,
+                "ddpm_1000": self.ddpm_1000}
 
 
 def ensure_data(cfg: RunConfig) -> CourseData:
@@ -140,6 +142,9 @@ def run_pipeline(cfg: RunConfig) -> Path:
     check_device(cfg.device or None, "--device")
     if cfg.max_steps < 0:
         raise ConfigError(f"--max-steps: expected 0 (the profile's) or a positive number of steps, got {cfg.max_steps}")
+    if not cfg.max_minutes >= 0:
+        raise ConfigError(f"--max-minutes: expected 0 (the profile's) or a positive number of minutes, "
+                          f"got {cfg.max_minutes}")
     check_writable_dir(cfg.run_dir)
     t0 = time.time()
     ensure_data(cfg)
@@ -176,7 +181,7 @@ def main_run(args) -> int:
     """`lab6 run`: the whole pipeline, headless."""
     cfg = RunConfig(profile=args.profile, data_root=args.data_root or "", run_dir=args.out or "",
                     device=args.device or "", force=args.force, max_steps=args.max_steps,
-                    ddpm_1000=not args.no_ddpm_1000)
+                    max_minutes=args.max_minutes, ddpm_1000=not args.no_ddpm_1000)
     run_pipeline(cfg)
     return 0
 

@@ -46,7 +46,7 @@ def _env():
 def tiny_run(tiny_data, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     run_dir = tmp_path_factory.mktemp("run") / "tiny"
     r = lab6_cli("run", "--profile", "tiny", "--data-root", str(tiny_data), "--out", str(run_dir), "--device", "cpu",
-                 "--max-steps", "12", "--no-ddpm-1000")
+                 "--max-steps", "12", "--max-minutes", "30", "--no-ddpm-1000")
     return run_dir, r
 
 
@@ -74,6 +74,8 @@ def test_run_metrics_are_recorded_and_consistent(tiny_run, tiny_data):
     assert m["01_data"]["splits"]["unseen_test"]["unseen_pairs"] > 0
     assert m["01_data"]["splits"]["new_test"]["repeated_colour"] + m["01_data"]["splits"]["new_test"]["repeated_shape"] >= 32
     assert m["03_training"]["steps"] == 12 and m["03_training"]["final_loss"] > 0  # --max-steps, not the profile's 20
+    injected = nbformat.read(run_dir / "notebooks" / "03_training.ipynb", as_version=4).metadata["papermill"]["parameters"]
+    assert (injected["max_steps"], injected["max_minutes"]) == (12, 30.0)  # the first limit ends training
     for split in ("test", "new_test", "unseen_test"):
         d = m["04_sampling"]["deliverables"][split]
         assert 0 <= d["hits"] <= d["labels"] and d["accuracy"] == pytest.approx(d["hits"] / d["labels"], abs=1e-4)
@@ -96,7 +98,7 @@ def test_rerun_skips_complete_notebooks(tiny_run, tiny_data):
     run_dir, first = tiny_run
     assert first.returncode == 0
     r = lab6_cli("run", "--profile", "tiny", "--data-root", str(tiny_data), "--out", str(run_dir), "--device", "cpu",
-                 "--max-steps", "12", "--no-ddpm-1000")
+                 "--max-steps", "12", "--max-minutes", "30", "--no-ddpm-1000")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("already complete, skipped") == len(NOTEBOOKS)
 
