@@ -548,7 +548,10 @@ def test_ctrl_c_then_sigkill_then_resume_gives_the_uninterrupted_losses(world, t
     log = tmp_path / "log.txt"
 
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=f, stderr=subprocess.STDOUT, text=True)
+        # a shell's background job (`make test &`) starts with SIGINT ignored, and children inherit that: restore
+        # the default so Python turns the signal into KeyboardInterrupt, as a terminal's Ctrl-C would
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=f, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for(lambda: _latest_step(run) >= 2, proc, log)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
