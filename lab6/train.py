@@ -619,6 +619,11 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
     start_step, last_ckpt = step, step if ckpt is not None else -1
     t_start = time.monotonic()
     t_window, loss_sum, loss_n, win_steps = t_start, 0.0, 0, 0
+
+    def window_loss() -> float:
+        """Mean loss of the steps since the last log, over all processes."""
+        return accelerator.reduce(loss_sum / loss_n, "mean").item() if world > 1 else float(loss_sum / loss_n)
+
     bar = tqdm(total=t.max_steps, initial=step, disable=not (progress and main), desc="train",
                dynamic_ncols=True)
     interrupted = False
@@ -654,8 +659,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
                 if step % t.log_every == 0 or step == t.max_steps:
                     now = time.monotonic()
                     ips = win_steps * gbs / max(now - t_window, 1e-9)
-                    mean_loss = accelerator.reduce(loss_sum / loss_n, "mean").item() if world > 1 \
-                        else float(loss_sum / loss_n)  # mean over the window and all processes
+                    mean_loss = window_loss()
                     check_finite(mean_loss, step, last_ckpt, out)
                     rec = {"step": step, "loss": round(mean_loss, 6), "lr": lr_scheduler.get_last_lr()[0],
                            "img_per_s": round(ips, 2), "elapsed_s": round(now - t_start, 1)}
@@ -669,8 +673,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
                 pause = time.monotonic()  # checkpoints and validation do not count against img/s
                 if step % t.checkpoint_every == 0 and step < t.max_steps:
                     if loss_n:  # never write diverged weights as the latest checkpoint
-                        check_finite(accelerator.reduce(loss_sum / loss_n, "mean").item() if world > 1
-                                     else float(loss_sum / loss_n), step, last_ckpt, out)
+                        check_finite(window_loss(), step, last_ckpt, out)
                     save_checkpoint(run, step)
                     last_ckpt = step
                 if validator is not None and t.validate_every and step % t.validate_every == 0 \
