@@ -355,6 +355,7 @@ def load_checkpoint(run: "_Run", ckpt: Path) -> int:
         run.lr_scheduler.load_state_dict(lr_scheduler)
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{ckpt}: optimizer state does not match this model ({_first_line(e)})") from None
+    _resume_lr(run, ckpt)
     rng = ckpt / f"random_states_{acc.process_index}.pt"
     if rng.is_file():
         _set_rng_state(_torch_load(rng, weights_only=False), run.generator)
@@ -365,6 +366,20 @@ def load_checkpoint(run: "_Run", ckpt: Path) -> int:
         print(f"warning: {ckpt} was written by {state.get('num_processes')} process(es), resuming with "
               f"{acc.num_processes}: the batches differ from an uninterrupted run", file=sys.stderr)
     return int(state["step"])
+
+
+def _resume_lr(run: "_Run", ckpt: Path) -> None:
+    """Resume with the config's train.lr: the restored LR scheduler and optimizer would otherwise keep the peak LR
+    the checkpoint was trained with (resuming with a lower LR is the remedy for a diverging run)."""
+    sched, lr = run.lr_scheduler, run.cfg.train.lr
+    if all(math.isclose(b, lr, rel_tol=1e-9) for b in sched.base_lrs):
+        return
+    if run.accelerator.is_main_process:
+        print(f"resuming {ckpt.name} with train.lr {lr:g} (it was trained with {sched.base_lrs[0]:g})", flush=True)
+    sched.base_lrs = [lr] * len(sched.base_lrs)
+    for g, factor in zip(sched.optimizer.param_groups, sched.lr_lambdas):
+        g["initial_lr"], g["lr"] = lr, lr * factor(sched.last_epoch)
+    sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]  # what get_last_lr() reports until the next step
 
 
 def resolve_resume(resume: str | None, out: Path, warn: bool = True) -> Path | None:
@@ -619,6 +634,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
     start_step, last_ckpt = step, step if ckpt is not None else -1
     t_start = time.monotonic()
     t_window, loss_sum, loss_n, win_steps = t_start, 0.0, 0, 0
+    spikes = LossSpikeWatch(after=step + max(t.lr_warmup_steps, 100))
 
     def window_loss() -> float:
         """Mean loss of the steps since the last log, over all processes."""
@@ -661,6 +677,12 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
                     ips = win_steps * gbs / max(now - t_window, 1e-9)
                     mean_loss = window_loss()
                     check_finite(mean_loss, step, last_ckpt, out)
+                    spike = spikes(mean_loss, loss_n, step)
+                    if spike and main:
+                        since = f"{out / f'checkpoint-{last_ckpt}'} predates it" if last_ckpt > 0 \
+                            else "no checkpoint predates it"
+                        bar.write(f"warning: {out}: {spike}; {since}. If it stays up, stop and resume from an "
+                                  f"earlier checkpoint with a lower train.lr", file=sys.stderr)
                     rec = {"step": step, "loss": round(mean_loss, 6), "lr": lr_scheduler.get_last_lr()[0],
                            "img_per_s": round(ips, 2), "elapsed_s": round(now - t_start, 1)}
                     if accelerator.device.type == "cuda":
@@ -702,6 +724,40 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
     if interrupted:
         raise KeyboardInterrupt
     return out
+
+
+class LossSpikeWatch:
+    """Warns once per episode when the smoothed loss climbs above `factor` x its lowest value: a run that diverged
+    without reaching NaN (the wider quick UNet's CPU hour stayed at 0.25-0.41 after a spike from ~0.02).
+
+    The loss is smoothed by an exponential moving average over about `tau` steps, fed with each logged window's
+    mean (so log_every does not change it), and watched from `after` steps on (after the LR warm-up). Healthy
+    runs stay within 1.12x of their lowest smoothed loss (the shipped quick hour, 9600 steps; benchmarks/README.md),
+    diverged ones rose 10-40x."""
+
+    def __init__(self, after: int, factor: float = 4.0, tau: float = 50.0):
+        self.after, self.factor, self.tau = after, factor, tau
+        self.smooth: float | None = None
+        self.best, self.best_step, self.warned = math.inf, 0, False
+
+    def __call__(self, loss: float, steps: int, step: int) -> str | None:
+        """Feed the mean loss of the `steps` steps that end at `step`; a one-line warning when a spike starts."""
+        if not math.isfinite(loss):
+            return None
+        keep = (1 - 1 / self.tau) ** steps
+        self.smooth = loss if self.smooth is None else keep * self.smooth + (1 - keep) * loss
+        if step < self.after:
+            return None
+        ratio = self.smooth / self.best if self.best > 0 else 0.0
+        if ratio > self.factor and not self.warned:
+            self.warned = True
+            return (f"the smoothed loss {self.smooth:.4g} at step {step} is {ratio:.0f}x its lowest, "
+                    f"{self.best:.4g} at step {self.best_step}: the run may be diverging")
+        if ratio < self.factor / 2:
+            self.warned = False
+        if self.smooth < self.best:
+            self.best, self.best_step = self.smooth, step
+        return None
 
 
 def check_finite(loss: float, step: int, last_ckpt: int | None, out: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -245,6 +246,55 @@ def test_a_diverged_loss_stops_training_without_writing_nan_weights(tmp_path, da
     with pytest.raises(TrainingError, match="by step 6; no checkpoint was written before it"):
         train(tiny_cfg(tmp_path / "w", dataset, max_steps=8, checkpoint_every=6, log_every=100), progress=False)
     assert list_checkpoints(tmp_path / "w") == []
+
+
+def test_resuming_with_another_lr_trains_on_with_it(tmp_path, dataset, capsys):
+    """The remedy for a diverging run, resuming with a lower train.lr, takes effect: the steps after the resume
+    follow the new peak LR exactly as a run started with it would (the restored scheduler kept the old one)."""
+    ref = train(tiny_cfg(tmp_path / "ref", dataset, max_steps=8, lr=1e-4), progress=False)
+    run = tmp_path / "run"
+    train(tiny_cfg(run, dataset, max_steps=4, lr=1e-3), progress=False)
+    capsys.readouterr()
+    train(tiny_cfg(run, dataset, max_steps=8, lr=1e-4), resume="latest", progress=False)
+    assert "resuming checkpoint-4 with train.lr 0.0001 (it was trained with 0.001)" in capsys.readouterr().out
+    lrs = lambda folder: {r["step"]: r["lr"] for r in _metrics(folder) if "lr" in r}  # noqa: E731
+    want, got = lrs(ref), lrs(run)
+    assert [got[s] for s in range(5, 9)] == pytest.approx([want[s] for s in range(5, 9)], rel=1e-9)
+
+
+def test_loss_spike_watch_warns_once_per_episode():
+    """A smoothed loss 4x above its lowest warns once, not at every log, and again after it has come back down;
+    window size does not matter, the warm-up is not watched, and a steady loss never warns."""
+    from lab6.train import LossSpikeWatch
+    w = LossSpikeWatch(after=100)
+    assert [w(50.0, 10, s) for s in range(10, 101, 10)] == [None] * 10  # warm-up: a high loss is not a spike
+    assert [w(1.0, 10, s) for s in range(110, 1001, 10)] == [None] * 90  # falls, then steady
+    msgs = [w(20.0, 1, s) for s in range(1001, 1101)]  # a spike, logged every step
+    first = [i for i, m in enumerate(msgs) if m]
+    assert len(first) == 1 and 5 <= first[0] <= 15, first
+    assert f"at step {1001 + first[0]} is " in msgs[first[0]] and "x its lowest, 1 at step" in msgs[first[0]]
+    assert [w(1.0, 100, s) for s in range(1200, 2001, 100)] == [None] * 9  # back down: re-armed
+    assert any(w(20.0, 50, s) for s in range(2050, 2301, 50))
+
+
+def test_a_loss_that_spikes_and_stays_finite_warns_and_training_goes_on(tmp_path, dataset, monkeypatch, capsys):
+    """A run that diverges without NaN (the wider CPU hour: 0.02 -> 0.25-0.41) gets one warning naming the
+    checkpoint before it, and otherwise trains and exports as usual."""
+    import lab6.train as T
+    calls = {"n": 0}
+    real = T.diffusion_loss
+
+    def spiking(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * 20 if calls["n"] > 120 else loss
+
+    monkeypatch.setattr(T, "diffusion_loss", spiking)
+    train(tiny_cfg(tmp_path / "s", dataset, max_steps=150, checkpoint_every=100, log_every=1), progress=False)
+    err = [line for line in capsys.readouterr().err.splitlines() if "may be diverging" in line]
+    assert len(err) == 1, err
+    assert re.search(r"at step 1[23]\d is \d+x its lowest.*checkpoint-100 predates it", err[0]), err[0]
+    assert (tmp_path / "s" / "pipeline" / "model_index.json").is_file()
 
 
 def _free_port() -> int:
