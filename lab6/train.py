@@ -194,6 +194,20 @@ def _checkpoint_dirs(folder: Path) -> list[Path]:
                   key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
 
 
+def set_aside_later_checkpoints(out: Path, step: int) -> None:
+    """Move the checkpoints after `step` to <out>/abandoned/: a run resumed from an earlier checkpoint (say, before
+    a divergence) would otherwise keep them as its newest, and a later `resume="latest"` would go back to them."""
+    later = [p for p in _checkpoint_dirs(out) if int(CHECKPOINT_RE.match(p.name).group(1)) > step]
+    if not later:
+        return
+    aside = out / "abandoned"
+    aside.mkdir(exist_ok=True)
+    for p in later:
+        replace_dir(p, aside / p.name)
+    print(f"warning: moved {', '.join(p.name for p in later)} (after step {step}, where this run resumes) to "
+          f"{aside}/", file=sys.stderr)
+
+
 def repair_partial_saves(out: Path) -> None:
     """Clean up after a hard kill during a save: restore a replaced checkpoint, delete temporary folders."""
     if not out.is_dir():
@@ -618,6 +632,8 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
     metrics = out / "metrics.jsonl"
     if main:
         ensure_writable_dir(out)  # only now: every input has been checked
+        if ckpt is not None:
+            set_aside_later_checkpoints(out, step)
         _truncate_metrics(metrics, step)
         write_text(out / "config.yaml", to_yaml(cfg))
     accelerator.wait_for_everyone()

@@ -262,6 +262,27 @@ def test_resuming_with_another_lr_trains_on_with_it(tmp_path, dataset, capsys):
     assert [got[s] for s in range(5, 9)] == pytest.approx([want[s] for s in range(5, 9)], rel=1e-9)
 
 
+def test_resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path, dataset, capsys):
+    """Resuming in place from checkpoint-2 of a run that reached step 6 (e.g. back to before a divergence): the
+    later checkpoints move to abandoned/, so the resumed run's own checkpoints are the newest and `latest` finds
+    them, not the abandoned branch's."""
+    run = tmp_path / "run"
+    train(tiny_cfg(run, dataset, max_steps=6, checkpoint_every=2, checkpoints_total_limit=3), progress=False)
+    assert [s for s, _ in list_checkpoints(run)] == [2, 4, 6]
+    capsys.readouterr()
+    cfg = tiny_cfg(run, dataset, max_steps=5, checkpoint_every=2, checkpoints_total_limit=3)
+    train(cfg, resume=str(run / "checkpoint-2"), progress=False)
+    assert "moved checkpoint-4, checkpoint-6 (after step 2, where this run resumes)" in capsys.readouterr().err
+    assert [s for s, _ in list_checkpoints(run)] == [2, 4, 5]
+    assert [s for s, _ in list_checkpoints(run / "abandoned")] == [4, 6]
+    assert max(r["step"] for r in _metrics(run)) == 5
+    # resuming from the latest checkpoint moves nothing
+    train(tiny_cfg(run, dataset, max_steps=6, checkpoint_every=2, checkpoints_total_limit=3), resume="latest",
+          progress=False)
+    assert "moved" not in capsys.readouterr().err
+    assert [s for s, _ in list_checkpoints(run)] == [4, 5, 6]
+
+
 def test_loss_spike_watch_warns_once_per_episode():
     """A smoothed loss 4x above its lowest warns once, not at every log, and again after it has come back down;
     window size does not matter, the warm-up is not watched, and a steady loss never warns."""
