@@ -2,8 +2,11 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# The CPU build of torch; on a GPU box override it, e.g. `make setup TORCH_SPEC="torch"`.
+# torch 2.13.0: this workplace's pip finds a local CPU wheel; from PyPI on Linux the same line fetches the CUDA
+# build (GBs), so elsewhere keep it CPU-only with `make setup TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"`.
+# On a GPU box: `make setup TORCH_SPEC="torch"`.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
 STAMP  := $(VENV)/.installed
 PROFILE ?= quick
 ARGS ?=
@@ -25,7 +28,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (set PYTHON=...)" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m ipykernel install --sys-prefix --name lab6 --display-name "lab6 (.venv)" >/dev/null
 	touch $(STAMP)
