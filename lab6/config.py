@@ -265,6 +265,8 @@ def validate_config(cfg: Config, where: str = "") -> Config:
         bad("train.max_minutes", f"must be > 0 (or empty for no limit), got {t.max_minutes}")
     if p.guidance_scale < 0:
         bad("sample.guidance_scale", f"must be >= 0 (1 = no guidance), got {p.guidance_scale}")
+    if not 0 <= p.eta <= 1:
+        bad("sample.eta", f"must be in [0, 1] (DDIM's noise; 0 = deterministic), got {p.eta}")
     if not 0 <= t.cond_drop_prob < 1:
         bad("train.cond_drop_prob", f"must be in [0, 1), got {t.cond_drop_prob}")
     if not 0 <= t.ema_decay < 1:

@@ -71,11 +71,12 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet, scheduler, default_num_inference_steps: int = 25, default_guidance_scale: float = 1.0):
+    def __init__(self, unet, scheduler, default_num_inference_steps: int = 25, default_guidance_scale: float = 1.0,
+                 default_eta: float = 0.0):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(default_num_inference_steps=int(default_num_inference_steps),
-                                default_guidance_scale=float(default_guidance_scale))
+                                default_guidance_scale=float(default_guidance_scale), default_eta=float(default_eta))
 
     def _step_kwargs(self, generator: Generator, eta: float) -> dict:
         params = set(inspect.signature(self.scheduler.step).parameters)
@@ -101,16 +102,20 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         generator: Generator = None,
-        eta: float = 0.0,
+        eta: float | None = None,
         batch_size: int | None = None,
         capture_steps: Sequence[int] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
     ):
-        """Sample one image per label set; `capture_steps` are loop indices (0 = first, -1 = last) to record."""
+        """Sample one image per label set; `capture_steps` are loop indices (0 = first, -1 = last) to record.
+        `eta` (DDIM's noise, 0 = deterministic; other samplers ignore it) defaults to the saved default_eta."""
         y_all = as_multi_hot(labels)  # (B, 24)
         steps = int(num_inference_steps or self.config.default_num_inference_steps)
         scale = float(self.config.default_guidance_scale if guidance_scale is None else guidance_scale)
+        eta = float(self.config.get("default_eta", 0.0) if eta is None else eta)
+        if not 0 <= eta <= 1:
+            raise ConfigError(f"eta: must be in [0, 1] (0 = deterministic DDIM), got {eta}")
         if steps <= 0 or steps > self.scheduler.config.num_train_timesteps:
             raise ConfigError(f"num_inference_steps: must be in 1..{self.scheduler.config.num_train_timesteps}, "
                               f"got {steps}")

@@ -105,7 +105,7 @@ def generators(seed: int, n: int) -> list[torch.Generator]:
 
 def sample(pipe: ConditionalDDPMPipeline, labels, sampler: str | None = None, num_steps: int | None = None,
            guidance_scale: float | None = None, seed: int = 0, batch_size: int | None = 64,
-           capture_steps: Sequence[int] | None = None, eta: float = 0.0,
+           capture_steps: Sequence[int] | None = None, eta: float | None = None,
            progress: bool = False) -> ConditionalDDPMPipelineOutput:
     """Images (B, 3, 64, 64) in [-1, 1] for label sets, seeded per image; defaults: the model's saved ones."""
     set_sampler(pipe, sampler)

@@ -423,7 +423,7 @@ def build_pipeline(model: ConditionalUNet, cfg: Config):
     s = cfg.sample
     scheduler = make_scheduler(cfg.schedule, s.sampler, s.timestep_spacing)
     return ConditionalDDPMPipeline(model, scheduler, default_num_inference_steps=s.num_steps,
-                                   default_guidance_scale=s.guidance_scale)
+                                   default_guidance_scale=s.guidance_scale, default_eta=s.eta)
 
 
 def export_pipeline(run: "_Run", folder: Path) -> Path:

@@ -134,6 +134,7 @@ def test_overrides_and_yaml(tmp_path):
     ("train:\n  batch_size: -2\n", "train.batch_size: must be > 0"),
     ("train:\n  lr: 0\n", "train.lr: must be > 0"),
     ("sample:\n  guidance_scale: -1\n", "sample.guidance_scale: must be >= 0"),
+    ("sample:\n  eta: 2\n", "sample.eta: must be in \\[0, 1\\]"),
     ("sample:\n  sampler: euler\n", "sample.sampler"),
     ("train:\n  max_steps: ten\n", "expected an integer"),
     ("profile: quick\n", "file is for profile 'quick'"),

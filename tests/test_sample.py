@@ -6,7 +6,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from lab6.config import PROFILES
-from lab6.errors import LabelError
+from lab6.errors import ConfigError, LabelError
 from lab6.model import build_model
 from lab6.pipeline import ConditionalDDPMPipeline, guided
 from lab6.sample import generators, load_pipeline, sample, set_sampler
@@ -72,6 +72,25 @@ def test_guidance_scale_one_is_the_conditional_model(pipe):
     c, u = torch.randn(2, 4), torch.randn(2, 4)
     assert torch.equal(guided(c, u, 1.0), c) and torch.equal(guided(c, u, 0.0), u)
     assert torch.allclose(guided(c, u, 3.0), u + 3 * (c - u))
+
+
+def test_sample_eta_of_the_config_travels_with_the_export(tmp_path):
+    """sample.eta (DDIM's noise) is the exported pipeline's default: eta 1 samples differently from eta 0,
+    exactly as passing eta=1 does; out of [0, 1] it is refused."""
+    import dataclasses
+    cfg = PROFILES["tiny"]
+    noisy = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, sampler="ddim", eta=1.0))
+    torch.manual_seed(0)
+    p = build_pipeline(build_model(cfg.model).eval(), noisy)
+    p.save_pretrained(tmp_path)
+    loaded = ConditionalDDPMPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.default_eta == 1.0
+    run = lambda **kw: sample(loaded, SETS, num_steps=6, seed=1, **kw).images  # noqa: E731
+    assert torch.equal(run(), run(eta=1.0))
+    assert not torch.allclose(run(), run(eta=0.0), atol=1e-3)
+    with pytest.raises(ConfigError, match=r"eta: must be in \[0, 1\]"):
+        run(eta=1.5)
 
 
 def test_images_do_not_depend_on_batch_size(pipe):
