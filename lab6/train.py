@@ -362,6 +362,8 @@ def load_checkpoint(run: "_Run", ckpt: Path) -> int:
         raise CheckpointError(f"{ckpt}: weights do not match this profile's model "
                               f"({str(e).splitlines()[0][:160]}); resume with the same --profile/--config") from None
     run.ema.load_state_dict({**state["ema"], "shadow_params": shadow})
+    t = run.cfg.train
+    run.ema.decay, run.ema.use_ema_warmup = t.ema_decay, t.ema_warmup  # the config's, not the checkpoint's
     optimizer = _torch_load(ckpt / "optimizer.pt", map_location=dev, weights_only=True)
     lr_scheduler = _torch_load(ckpt / "lr_scheduler.pt", weights_only=False)
     try:
@@ -369,7 +371,10 @@ def load_checkpoint(run: "_Run", ckpt: Path) -> int:
         run.lr_scheduler.load_state_dict(lr_scheduler)
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{ckpt}: optimizer state does not match this model ({_first_line(e)})") from None
-    _resume_lr(run, ckpt)
+    _resume_lr(run)
+    changed = changed_settings(state.get("config", {}).get("train", {}), run.cfg.to_dict()["train"])
+    if changed and acc.is_main_process:
+        print(f"resuming {ckpt.name} with changed settings: {', '.join(changed)}", flush=True)
     rng = ckpt / f"random_states_{acc.process_index}.pt"
     if rng.is_file():
         _set_rng_state(_torch_load(rng, weights_only=False), run.generator)
@@ -382,14 +387,17 @@ def load_checkpoint(run: "_Run", ckpt: Path) -> int:
     return int(state["step"])
 
 
-def _resume_lr(run: "_Run", ckpt: Path) -> None:
-    """Resume with the config's train.lr: the restored LR scheduler and optimizer would otherwise keep the peak LR
-    the checkpoint was trained with (resuming with a lower LR is the remedy for a diverging run)."""
+def changed_settings(old: dict, new: dict) -> list[str]:
+    """'train.<name> <old> -> <new>' for each train setting a resumed run changes (its output folder aside)."""
+    return [f"train.{k} {old[k]} -> {v}" for k, v in new.items()
+            if k in old and k != "output_dir" and old[k] != v]
+
+
+def _resume_lr(run: "_Run") -> None:
+    """Set the LR of the resumed step from the config's train.lr and schedule: the restored LR scheduler and
+    optimizer would otherwise keep the checkpoint's peak LR (resuming with a lower LR is the remedy for a
+    diverging run) and, for one step, the old schedule's value."""
     sched, lr = run.lr_scheduler, run.cfg.train.lr
-    if all(math.isclose(b, lr, rel_tol=1e-9) for b in sched.base_lrs):
-        return
-    if run.accelerator.is_main_process:
-        print(f"resuming {ckpt.name} with train.lr {lr:g} (it was trained with {sched.base_lrs[0]:g})", flush=True)
     sched.base_lrs = [lr] * len(sched.base_lrs)
     for g, factor in zip(sched.optimizer.param_groups, sched.lr_lambdas):
         g["initial_lr"], g["lr"] = lr, lr * factor(sched.last_epoch)
@@ -530,20 +538,32 @@ def _truncate_metrics(path: Path, step: int) -> None:
     write_text(path, "".join(k + "\n" for k in keep))
 
 
-@contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (e.g. a job scheduler's stop) ends training like Ctrl-C: checkpoint and export first."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+class StopSignals:
+    """Ctrl-C (SIGINT) or a job scheduler's SIGTERM during training: the step under way finishes, then the run
+    writes its checkpoint and export and raises KeyboardInterrupt, so resuming it repeats an uninterrupted run
+    exactly. A second signal interrupts at once."""
+
+    def __init__(self):
+        self.received: int | None = None
+
+    def _handler(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    @contextmanager
+    def installed(self):
+        try:  # a signal the process was started ignoring (a shell's background job: SIGINT) stays ignored
+            old = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)
+                   if signal.getsignal(sig) is not signal.SIG_IGN}
+        except ValueError:  # not the main thread: a KeyboardInterrupt still lands mid-step
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
 
 def wsd_factor(step: int, warmup: int, max_steps: int, decay_fraction: float) -> float:
@@ -656,21 +676,34 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
         """Mean loss of the steps since the last log, over all processes."""
         return accelerator.reduce(loss_sum / loss_n, "mean").item() if world > 1 else float(loss_sum / loss_n)
 
+    def check_before_save() -> None:
+        """Never write diverged weights: the loss since the last log and the weights themselves must be finite."""
+        if loss_n:
+            check_finite(window_loss(), step, last_ckpt, out)
+        params = [p.detach() for p in accelerator.unwrap_model(model).parameters()]
+        check_finite(torch.nn.utils.get_total_norm(params).item(), step, last_ckpt, out, "the weights' norm")
+
     bar = tqdm(total=t.max_steps, initial=step, disable=not (progress and main), desc="train",
                dynamic_ncols=True)
-    interrupted = False
+    interrupted = mid_update = False
+    rng = generator.get_state()  # the noise RNG at the last step boundary: what a checkpoint of `step` holds
+    stops = StopSignals()
     model.train()
     try:
-        with _sigterm_as_interrupt():
+        with stops.installed():
             while step < t.max_steps:
-                if t.max_minutes is not None:
-                    over = float(time.monotonic() - t_start > 60 * t.max_minutes)
-                    if world > 1:
-                        over = accelerator.reduce(torch.tensor([over], device=accelerator.device), "max").item()
-                    if over:
-                        if main:
-                            print(f"time budget of {t.max_minutes} min reached at step {step}", flush=True)
-                        break
+                over = t.max_minutes is not None and time.monotonic() - t_start > 60 * t.max_minutes
+                stop = stops.received is not None
+                if world > 1:  # every process stops at the same step
+                    flags = accelerator.reduce(torch.tensor([float(over), float(stop)], device=accelerator.device),
+                                               "max")
+                    over, stop = bool(flags[0].item()), bool(flags[1].item())
+                if stop:
+                    raise KeyboardInterrupt
+                if over:
+                    if main:
+                        print(f"time budget of {t.max_minutes} min reached at step {step}", flush=True)
+                    break
                 idx = order.indices(step, gbs)[rank * t.batch_size:(rank + 1) * t.batch_size]  # (B,)
                 x0, y, pw = make_batch(images_u8, labels_all, idx, generator, t.hflip, accelerator.device,
                                        masks, t.foreground_weight)
@@ -679,11 +712,13 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
                 accelerator.backward(loss)
                 if t.grad_clip > 0:
                     accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
+                mid_update = True
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 ema.step(accelerator.unwrap_model(model).parameters())
                 step += 1
+                rng, mid_update = generator.get_state(), False
                 loss_sum += loss.detach()
                 loss_n += 1
                 win_steps += 1
@@ -710,8 +745,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
                 bar.update(1)
                 pause = time.monotonic()  # checkpoints and validation do not count against img/s
                 if step % t.checkpoint_every == 0 and step < t.max_steps:
-                    if loss_n:  # never write diverged weights as the latest checkpoint
-                        check_finite(window_loss(), step, last_ckpt, out)
+                    check_before_save()
                     save_checkpoint(run, step)
                     last_ckpt = step
                 if validator is not None and t.validate_every and step % t.validate_every == 0 \
@@ -722,17 +756,26 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
                 t_window += time.monotonic() - pause
     except KeyboardInterrupt:
         interrupted = True
+        if mid_update:  # a second signal cut an optimizer update: these weights belong to no step
+            bar.close()
+            if main:
+                print(f"interrupted during the update of step {step + 1}: nothing saved; the last checkpoint is "
+                      f"{out / f'checkpoint-{last_ckpt}' if last_ckpt > 0 else 'none'}", file=sys.stderr, flush=True)
+            raise
+        generator.set_state(rng)  # the draws of an unfinished step are made again on resume
         if main:
             bar.write(f"interrupted at step {step}: writing a checkpoint and the export")
     finally:
         bar.close()
     # Always end with a checkpoint, the export and (when training happened) a last validation.
-    with _sigterm_as_interrupt():
+    with stops.installed():
         if last_ckpt != step:
+            check_before_save()
             save_checkpoint(run, step)
         export_pipeline(run, out / EXPORT_DIR)
         if validator is not None and step > start_step and not interrupted:
             _validate(run, validator, step, metrics, None, callback)
+    interrupted = interrupted or stops.received is not None  # a signal during the final save still stops the caller
     accelerator.wait_for_everyone()
     if main:
         print(f"saved {out / f'checkpoint-{step}'} and {out / EXPORT_DIR}", flush=True)
@@ -776,14 +819,14 @@ class LossSpikeWatch:
         return None
 
 
-def check_finite(loss: float, step: int, last_ckpt: int | None, out: Path) -> None:
-    """Stop training with a clear error once the loss is NaN or inf: every later step, checkpoint and export
-    would hold diverged weights."""
-    if math.isfinite(loss):
+def check_finite(value: float, step: int, last_ckpt: int | None, out: Path, what: str = "the loss") -> None:
+    """Stop training with a clear error once the loss (or the weights' norm) is NaN or inf: every later step,
+    checkpoint and export would hold diverged weights."""
+    if math.isfinite(value):
         return
     good = f"the last checkpoint written, {out / f'checkpoint-{last_ckpt}'}, predates it" if last_ckpt > 0 \
         else "no checkpoint was written before it"
-    raise TrainingError(f"{out}: training diverged: the loss is {loss} by step {step}; {good}. Resume from an "
+    raise TrainingError(f"{out}: training diverged: {what} is {value} by step {step}; {good}. Resume from an "
                         f"earlier checkpoint with a lower train.lr (or a stronger train.grad_clip)")
 
 

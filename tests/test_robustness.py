@@ -536,6 +536,22 @@ def _losses(run: Path) -> list[tuple[int, float, float]]:
     return [(m["step"], m["loss"], m["lr"]) for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
 
 
+def test_sigterm_ends_training_like_ctrl_c(world, tmp_path):
+    """A job scheduler's SIGTERM: the step under way finishes, then a checkpoint and the export, exit 130."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lab6", "train", "--profile", "tiny", "--data", str(world.ds), "--out", str(run),
+           "--max-steps", "100000", "--checkpoint-every", "2", "--no-progress"]
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=f, stderr=subprocess.STDOUT, text=True)
+    _wait_for(lambda: _latest_step(run) >= 2, proc, log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
+    k = _latest_step(run)
+    assert f"interrupted at step {k}: writing a checkpoint and the export" in log.read_text()
+    assert checkpoint_problem(run / f"checkpoint-{k}") is None and (run / "pipeline" / "model_index.json").is_file()
+
+
 def test_ctrl_c_then_sigkill_then_resume_gives_the_uninterrupted_losses(world, tmp_path, capsys):
     """Real `lab6 train` subprocesses: Ctrl-C (SIGINT) ends with a checkpoint, the export and exit 130; a resumed
     run killed with SIGKILL mid-run leaves its last checkpoint intact; resuming that reproduces, loss for loss and

@@ -16,7 +16,7 @@ from PIL import Image
 
 from lab6 import labels as L
 from lab6.config import PROFILES, load_config
-from lab6.errors import ConfigError
+from lab6.errors import ConfigError, TrainingError
 from lab6.model import build_model
 from lab6.schedules import alphas_cumprod
 from lab6.train import BatchOrder, diffusion_loss, list_checkpoints, train
@@ -203,6 +203,59 @@ def test_time_budget_ends_with_checkpoint_and_export(tmp_path, dataset):
     assert (run / "pipeline" / "model_index.json").is_file()
 
 
+@pytest.mark.parametrize("how", ["signal", "forced"])
+def test_ctrl_c_then_resume_repeats_an_uninterrupted_run(tmp_path, dataset, monkeypatch, how):
+    """Ctrl-C (SIGINT) lets the step under way finish, then checkpoints and exports; a KeyboardInterrupt raised
+    mid-step (a second Ctrl-C) checkpoints the step before, its noise RNG rewound. Either way the resumed run's
+    losses equal those of a run never interrupted."""
+    import signal as S
+    import lab6.train as T
+    ref = train(tiny_cfg(tmp_path / "ref", dataset, max_steps=6, checkpoint_every=100), progress=False)
+    calls = {"n": 0}
+    real = T.diffusion_loss
+
+    def interrupting(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)  # this step's noise, t and dropout are drawn
+        if calls["n"] == 3:
+            if how == "signal":
+                os.kill(os.getpid(), S.SIGINT)
+            else:
+                raise KeyboardInterrupt
+        return loss
+
+    monkeypatch.setattr(T, "diffusion_loss", interrupting)
+    run = tmp_path / how
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(run, dataset, max_steps=6, checkpoint_every=100), progress=False)
+    assert [s for s, _ in list_checkpoints(run)] == ([3] if how == "signal" else [2])
+    assert (run / "pipeline" / "model_index.json").is_file()
+    monkeypatch.setattr(T, "diffusion_loss", real)
+    train(tiny_cfg(run, dataset, max_steps=6, checkpoint_every=100), resume="latest", progress=False)
+    losses = lambda folder: [r["loss"] for r in _metrics(folder) if "loss" in r]  # noqa: E731
+    assert losses(run) == losses(ref) and len(losses(ref)) == 6
+
+
+def test_an_interrupt_inside_an_optimizer_update_saves_nothing(tmp_path, dataset, monkeypatch, capsys):
+    """Weights cut halfway through an update belong to no step: nothing is saved, the last checkpoint is named."""
+    from diffusers.training_utils import EMAModel
+    calls = {"n": 0}
+    real = EMAModel.step
+
+    def cut(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(EMAModel, "step", cut)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(tmp_path / "u", dataset, max_steps=8, checkpoint_every=2), progress=False)
+    assert [s for s, _ in list_checkpoints(tmp_path / "u")] == [2]
+    assert not (tmp_path / "u" / "pipeline").exists()
+    assert "interrupted during the update of step 4: nothing saved; the last checkpoint is" in capsys.readouterr().err
+
+
 def test_ctrl_c_ends_with_checkpoint_and_export(tmp_path, dataset, monkeypatch):
     import lab6.train as T
     calls = {"n": 0}
@@ -248,6 +301,46 @@ def test_a_diverged_loss_stops_training_without_writing_nan_weights(tmp_path, da
     assert list_checkpoints(tmp_path / "w") == []
 
 
+def test_weights_that_turn_nan_after_the_last_logged_loss_are_not_saved(tmp_path, dataset, monkeypatch):
+    """The final checkpoint and export check the weights too: an update can break them after the last loss was
+    logged (here the last step's), and a time budget or Ctrl-C can end a run between logs."""
+    import lab6.train as T
+    calls = {"n": 0}
+    real = T.diffusion_loss
+
+    def breaking(model, *a, **k):
+        calls["n"] += 1
+        loss = real(model, *a, **k)
+        if calls["n"] == 5:
+            next(model.parameters()).data.fill_(float("nan"))
+        return loss
+
+    monkeypatch.setattr(T, "diffusion_loss", breaking)
+    with pytest.raises(TrainingError, match=r"training diverged: the weights' norm is nan by step 5; the last "
+                                            r"checkpoint written, .*checkpoint-3, predates it"):
+        train(tiny_cfg(tmp_path / "n", dataset, max_steps=5, checkpoint_every=3), progress=False)
+    assert [s for s, _ in list_checkpoints(tmp_path / "n")] == [3]
+    assert not (tmp_path / "n" / "pipeline").exists()
+
+
+def test_resuming_changes_the_ema_settings_too(tmp_path, dataset):
+    """train.ema_decay / ema_warmup of the resumed config apply (the checkpoint's used to win, silently)."""
+    from diffusers.training_utils import EMAModel
+    run = tmp_path / "e"
+    train(tiny_cfg(run, dataset, max_steps=2, ema_decay=0.999), progress=False)
+    seen = []
+    real = EMAModel.step
+
+    def spy(self, *a, **k):
+        seen.append((self.decay, self.use_ema_warmup))
+        return real(self, *a, **k)
+
+    import unittest.mock
+    with unittest.mock.patch.object(EMAModel, "step", spy):
+        train(tiny_cfg(run, dataset, max_steps=4, ema_decay=0.5, ema_warmup=False), resume="latest", progress=False)
+    assert seen == [(0.5, False), (0.5, False)]
+
+
 def test_resuming_with_another_lr_trains_on_with_it(tmp_path, dataset, capsys):
     """The remedy for a diverging run, resuming with a lower train.lr, takes effect: the steps after the resume
     follow the new peak LR exactly as a run started with it would (the restored scheduler kept the old one)."""
@@ -256,7 +349,8 @@ def test_resuming_with_another_lr_trains_on_with_it(tmp_path, dataset, capsys):
     train(tiny_cfg(run, dataset, max_steps=4, lr=1e-3), progress=False)
     capsys.readouterr()
     train(tiny_cfg(run, dataset, max_steps=8, lr=1e-4), resume="latest", progress=False)
-    assert "resuming checkpoint-4 with train.lr 0.0001 (it was trained with 0.001)" in capsys.readouterr().out
+    assert "resuming checkpoint-4 with changed settings: train.max_steps 4 -> 8, train.lr 0.001 -> 0.0001" \
+        in capsys.readouterr().out
     lrs = lambda folder: {r["step"]: r["lr"] for r in _metrics(folder) if "lr" in r}  # noqa: E731
     want, got = lrs(ref), lrs(run)
     assert [got[s] for s in range(5, 9)] == pytest.approx([want[s] for s in range(5, 9)], rel=1e-9)
