@@ -10,6 +10,7 @@ images/test_metrics.json (accuracy, hits, labels, sampler, steps, guidance, seed
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -40,6 +41,20 @@ def _pipeline_from_checkpoint(ckpt: Path) -> ConditionalDDPMPipeline:
     return build_pipeline(unet, cfg)
 
 
+def _export_behind(run: Path) -> tuple[int, Path] | None:
+    """(export step, newest checkpoint) when a run's export is not of its newest complete checkpoint, else None
+    (also for exports that predate the step record, such as pretrained/quick)."""
+    from .train import EXPORT_DIR, EXPORT_STEP_FILE, latest_checkpoint
+    try:
+        step = int(json.loads((run / EXPORT_DIR / EXPORT_STEP_FILE).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    latest = latest_checkpoint(run, warn=False)
+    if latest is None or latest.name == f"checkpoint-{step}":
+        return None
+    return step, latest
+
+
 def resolve_model(model: str | os.PathLike) -> tuple[str, Path]:
     """('pipeline' | 'checkpoint', path) for a save_pretrained folder, a run folder or a checkpoint folder."""
     from .train import EXPORT_DIR, latest_checkpoint
@@ -50,7 +65,13 @@ def resolve_model(model: str | os.PathLike) -> tuple[str, Path]:
     if _is_pipeline(p):
         return "pipeline", p
     if _is_pipeline(p / EXPORT_DIR):
-        return "pipeline", p / EXPORT_DIR
+        stale = _export_behind(p)
+        if stale is None:
+            return "pipeline", p / EXPORT_DIR
+        print(f"warning: {p / EXPORT_DIR} is from step {stale[0]}, but the run's newest checkpoint is "
+              f"{stale[1].name} (a run stopped before its export, or resumed from an earlier step); using "
+              f"{stale[1].name}", file=sys.stderr)
+        return "checkpoint", stale[1]
     if (p / "state.json").is_file():
         return "checkpoint", p
     latest = latest_checkpoint(p)
@@ -174,8 +195,8 @@ def sample_split(pipe: ConditionalDDPMPipeline, label_sets, out: str | os.PathLi
     result = sample(pipe, label_sets, num_steps=steps, guidance_scale=guidance, seed=seed,
                     batch_size=batch_size, progress=progress)
     seconds = time.monotonic() - t0
+    scored = score(result.images, label_sets, evaluator, device, data_root)  # first: a refusal writes nothing
     write_deliverables(result.images, out, name)
-    scored = score(result.images, label_sets, evaluator, device, data_root)
     metrics = {"accuracy": None if scored is None else round(scored[0], 6),
                "hits": None if scored is None else scored[1],
                "labels": None if scored is None else scored[2],

@@ -434,14 +434,18 @@ def build_pipeline(model: ConditionalUNet, cfg: Config):
                                    default_guidance_scale=s.guidance_scale, default_eta=s.eta)
 
 
-def export_pipeline(run: "_Run", folder: Path) -> Path:
-    """save_pretrained of the pipeline with the EMA weights (main process), atomically."""
+EXPORT_STEP_FILE = "lab6_step.json"
+
+
+def export_pipeline(run: "_Run", folder: Path, step: int) -> Path:
+    """save_pretrained of the pipeline with the EMA weights (main process), atomically; records its step."""
     from .io import atomic_dir
     model = run.accelerator.unwrap_model(run.model)
     if run.accelerator.is_main_process:
         with ema_weights(model, run.ema), atomic_dir(folder) as tmp:
             build_pipeline(model, run.cfg).save_pretrained(tmp)
             write_text(tmp / "lab6_config.yaml", to_yaml(run.cfg))
+            write_json(tmp / EXPORT_STEP_FILE, {"step": step})
     run.accelerator.wait_for_everyone()
     return folder
 
@@ -458,6 +462,9 @@ class Validator:
         for split in cfg.train.validate_splits:
             if data.label_path(split).exists():
                 self.sets[split] = data.label_sets(split)[:cfg.train.validate_num]
+            else:
+                print(f"warning: train.validate_splits: {data.label_path(split)} not found; '{split}' is not "
+                      f"validated", file=sys.stderr)
         self.data_root = data_root
         self.evaluator = None
         self._tried = False
@@ -772,7 +779,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
         if last_ckpt != step:
             check_before_save()
             save_checkpoint(run, step)
-        export_pipeline(run, out / EXPORT_DIR)
+        export_pipeline(run, out / EXPORT_DIR, step)
         if validator is not None and step > start_step and not interrupted:
             _validate(run, validator, step, metrics, None, callback)
     interrupted = interrupted or stops.received is not None  # a signal during the final save still stops the caller

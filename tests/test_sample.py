@@ -149,6 +149,42 @@ def test_load_pipeline_refuses_diverged_weights(pipe, tmp_path):
         load_pipeline(tmp_path / "nan", device="cpu")
 
 
+def test_a_run_whose_export_is_behind_its_newest_checkpoint_samples_the_checkpoint(course_dir, tmp_path, capsys):
+    """The export records its step; when the run's newest checkpoint is another one (a run killed before its
+    export, or resumed from an earlier step), sampling takes that checkpoint and says so."""
+    import json
+
+    from lab6.config import load_config
+    from lab6.sample import resolve_model
+    from lab6.train import train
+    run = train(load_config("tiny", output_dir=str(tmp_path / "run"), data_root=str(course_dir), validate_num=0,
+                            train={"max_steps": 4, "checkpoint_every": 2}), progress=False)
+    assert json.loads((run / "pipeline" / "lab6_step.json").read_text()) == {"step": 4}
+    assert resolve_model(run) == ("pipeline", run / "pipeline")
+    (run / "pipeline" / "lab6_step.json").write_text('{"step": 2}')
+    capsys.readouterr()
+    assert resolve_model(run) == ("checkpoint", run / "checkpoint-4")
+    assert "pipeline is from step 2, but the run's newest checkpoint is checkpoint-4" in capsys.readouterr().err
+    (run / "pipeline" / "lab6_step.json").unlink()  # an export without the record (pretrained/quick): as before
+    assert resolve_model(run) == ("pipeline", run / "pipeline")
+
+
+def test_sample_split_writes_nothing_when_the_evaluator_refuses(pipe, tmp_path):
+    """Scoring comes first: images the evaluator refuses leave the previous deliverables and metrics as they were."""
+    from lab6.errors import DataError
+    from lab6.sample import sample_split
+
+    class Refusing:
+        def score(self, images, labels):
+            raise DataError("images hold NaN")
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "test_metrics.json").write_text("{}")
+    with pytest.raises(DataError):
+        sample_split(pipe, SETS, tmp_path / "images", "test", evaluator=Refusing(), num_steps=2)
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["test_metrics.json"]
+
+
 def test_sample_split_writes_the_deliverables(pipe, tmp_path):
     from PIL import Image
 

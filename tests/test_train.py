@@ -377,6 +377,15 @@ def test_resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path,
     assert [s for s, _ in list_checkpoints(run)] == [4, 5, 6]
 
 
+def test_a_misspelt_validation_split_is_named(tmp_path, dataset, capsys):
+    """train.validate_splits entries without a label file are reported, not silently skipped."""
+    cfg = load_config("tiny", output_dir=str(tmp_path / "v"), data_root=str(dataset), validate_num=2,
+                      train={"max_steps": 1, "validate_splits": ["tset"], "validate_every": 0})
+    train(cfg, progress=False)
+    err = capsys.readouterr().err
+    assert "warning: train.validate_splits: " in err and "tset.json not found; 'tset' is not validated" in err
+
+
 def test_loss_spike_watch_warns_once_per_episode():
     """A smoothed loss 4x above its lowest warns once, not at every log, and again after it has come back down;
     window size does not matter, the warm-up is not watched, and a steady loss never warns."""
