@@ -226,8 +226,13 @@ def test_ctrl_c_then_resume_repeats_an_uninterrupted_run(tmp_path, dataset, monk
 
     monkeypatch.setattr(T, "diffusion_loss", interrupting)
     run = tmp_path / how
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_cfg(run, dataset, max_steps=6, checkpoint_every=100), progress=False)
+    # a background `make test &` starts with SIGINT ignored, which training respects: restore Python's handler
+    old = S.signal(S.SIGINT, S.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_cfg(run, dataset, max_steps=6, checkpoint_every=100), progress=False)
+    finally:
+        S.signal(S.SIGINT, old)
     assert [s for s, _ in list_checkpoints(run)] == ([3] if how == "signal" else [2])
     assert (run / "pipeline" / "model_index.json").is_file()
     monkeypatch.setattr(T, "diffusion_loss", real)
