@@ -37,6 +37,20 @@ def _metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def _wrap_loss(monkeypatch, effect) -> dict:
+    """Route lab6.train.diffusion_loss through effect(call, model, loss) -> loss (call counts from 1, in the
+    returned dict's "n"): how the tests below break, spike or interrupt a real training run at a chosen step."""
+    import lab6.train as T
+    real, calls = T.diffusion_loss, {"n": 0}
+
+    def wrapped(model, *a, **k):
+        calls["n"] += 1
+        return effect(calls["n"], model, real(model, *a, **k))  # the step's noise, t and dropout are drawn first
+
+    monkeypatch.setattr(T, "diffusion_loss", wrapped)
+    return calls
+
+
 def _env():
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 
@@ -209,22 +223,16 @@ def test_ctrl_c_then_resume_repeats_an_uninterrupted_run(tmp_path, dataset, monk
     mid-step (a second Ctrl-C) checkpoints the step before, its noise RNG rewound. Either way the resumed run's
     losses equal those of a run never interrupted."""
     import signal as S
-    import lab6.train as T
     ref = train(tiny_cfg(tmp_path / "ref", dataset, max_steps=6, checkpoint_every=100), progress=False)
-    calls = {"n": 0}
-    real = T.diffusion_loss
 
-    def interrupting(*a, **k):
-        calls["n"] += 1
-        loss = real(*a, **k)  # this step's noise, t and dropout are drawn
-        if calls["n"] == 3:
-            if how == "signal":
-                os.kill(os.getpid(), S.SIGINT)
-            else:
-                raise KeyboardInterrupt
+    def interrupting(call, model, loss):
+        if call == 3 and how == "signal":
+            os.kill(os.getpid(), S.SIGINT)
+        elif call == 3:
+            raise KeyboardInterrupt
         return loss
 
-    monkeypatch.setattr(T, "diffusion_loss", interrupting)
+    _wrap_loss(monkeypatch, interrupting)
     run = tmp_path / how
     # a background `make test &` starts with SIGINT ignored, which training respects: restore Python's handler
     old = S.signal(S.SIGINT, S.default_int_handler)
@@ -235,7 +243,7 @@ def test_ctrl_c_then_resume_repeats_an_uninterrupted_run(tmp_path, dataset, monk
         S.signal(S.SIGINT, old)
     assert [s for s, _ in list_checkpoints(run)] == ([3] if how == "signal" else [2])
     assert (run / "pipeline" / "model_index.json").is_file()
-    monkeypatch.setattr(T, "diffusion_loss", real)
+    monkeypatch.undo()
     train(tiny_cfg(run, dataset, max_steps=6, checkpoint_every=100), resume="latest", progress=False)
     losses = lambda folder: [r["loss"] for r in _metrics(folder) if "loss" in r]  # noqa: E731
     assert losses(run) == losses(ref) and len(losses(ref)) == 6
@@ -261,38 +269,10 @@ def test_an_interrupt_inside_an_optimizer_update_saves_nothing(tmp_path, dataset
     assert "interrupted during the update of step 4: nothing saved; the last checkpoint is" in capsys.readouterr().err
 
 
-def test_ctrl_c_ends_with_checkpoint_and_export(tmp_path, dataset, monkeypatch):
-    import lab6.train as T
-    calls = {"n": 0}
-    real = T.diffusion_loss
-
-    def interrupting(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(T, "diffusion_loss", interrupting)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_cfg(tmp_path / "c", dataset, max_steps=50, checkpoint_every=100), progress=False)
-    assert [s for s, _ in list_checkpoints(tmp_path / "c")] == [2]
-    assert (tmp_path / "c" / "pipeline" / "model_index.json").is_file()
-
-
 def test_a_diverged_loss_stops_training_without_writing_nan_weights(tmp_path, dataset, monkeypatch):
     """Once the loss is NaN the run stops with a one-line error naming the last good checkpoint, and writes no
     checkpoint or export after it (a GPU run of the quick recipe diverged at step 6570: benchmarks/README.md)."""
-    import lab6.train as T
-    from lab6.errors import TrainingError
-    calls = {"n": 0}
-    real = T.diffusion_loss
-
-    def diverging(*a, **k):
-        calls["n"] += 1
-        loss = real(*a, **k)
-        return loss * float("nan") if calls["n"] >= 4 else loss
-
-    monkeypatch.setattr(T, "diffusion_loss", diverging)
+    calls = _wrap_loss(monkeypatch, lambda call, model, loss: loss * float("nan") if call >= 4 else loss)
     with pytest.raises(TrainingError, match=r"training diverged: the loss is nan by step 4; the last checkpoint "
                                             r"written, .*checkpoint-3, predates it"):
         train(tiny_cfg(tmp_path / "d", dataset, max_steps=8, checkpoint_every=3), progress=False)
@@ -309,18 +289,12 @@ def test_a_diverged_loss_stops_training_without_writing_nan_weights(tmp_path, da
 def test_weights_that_turn_nan_after_the_last_logged_loss_are_not_saved(tmp_path, dataset, monkeypatch):
     """The final checkpoint and export check the weights too: an update can break them after the last loss was
     logged (here the last step's), and a time budget or Ctrl-C can end a run between logs."""
-    import lab6.train as T
-    calls = {"n": 0}
-    real = T.diffusion_loss
-
-    def breaking(model, *a, **k):
-        calls["n"] += 1
-        loss = real(model, *a, **k)
-        if calls["n"] == 5:
+    def breaking(call, model, loss):
+        if call == 5:
             next(model.parameters()).data.fill_(float("nan"))
         return loss
 
-    monkeypatch.setattr(T, "diffusion_loss", breaking)
+    _wrap_loss(monkeypatch, breaking)
     with pytest.raises(TrainingError, match=r"training diverged: the weights' norm is nan by step 5; the last "
                                             r"checkpoint written, .*checkpoint-3, predates it"):
         train(tiny_cfg(tmp_path / "n", dataset, max_steps=5, checkpoint_every=3), progress=False)
@@ -409,16 +383,7 @@ def test_loss_spike_watch_warns_once_per_episode():
 def test_a_loss_that_spikes_and_stays_finite_warns_and_training_goes_on(tmp_path, dataset, monkeypatch, capsys):
     """A run that diverges without NaN (the wider CPU hour: 0.02 -> 0.25-0.41) gets one warning naming the
     checkpoint before it, and otherwise trains and exports as usual."""
-    import lab6.train as T
-    calls = {"n": 0}
-    real = T.diffusion_loss
-
-    def spiking(*a, **k):
-        calls["n"] += 1
-        loss = real(*a, **k)
-        return loss * 20 if calls["n"] > 120 else loss
-
-    monkeypatch.setattr(T, "diffusion_loss", spiking)
+    _wrap_loss(monkeypatch, lambda call, model, loss: loss * 20 if call > 120 else loss)
     train(tiny_cfg(tmp_path / "s", dataset, max_steps=150, checkpoint_every=100, log_every=1), progress=False)
     err = [line for line in capsys.readouterr().err.splitlines() if "may be diverging" in line]
     assert len(err) == 1, err
