@@ -147,7 +147,7 @@ def _profiles() -> dict[str, Config]:
                           timestep_sampling="importance",  # +0.03-0.07 at 20 CPU-min (benchmarks/README.md)
                           foreground_weight=3.0,  # +0.08 at 20 CPU-min, and more unrequested objects (same file)
                           validate_every=1000),
-        sample=SampleConfig(sampler="dpm-sde"),  # +0.02 to +0.09 over DPM-Solver++ at 25 steps (bench_sampling)
+        sample=SampleConfig(sampler="dpm-sde"),  # +0.007 to +0.09 over DPM-Solver++ at 25 steps (bench_sampling)
     )
     full = Config(
         profile="full",
