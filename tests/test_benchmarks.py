@@ -11,6 +11,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from .conftest import REPO, write_course_layout
 
 BENCH = REPO / "benchmarks"
 SCRIPTS = ("bench_synth.py", "bench_evaluator.py", "bench_quality.py", "bench_sampling.py", "bench_gpu.py",
-           "bench_threads.py")
+           "bench_threads.py", "bench_step.py")
 
 
 def run(script: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -110,6 +111,21 @@ def test_thread_settings_alone_and_two_at_once():
         r = run("bench_threads.py", "--settings", bad)
         assert r.returncode != 0 and f"unknown setting {bad!r}" in r.stderr
 
+
+
+def test_step_breakdown_on_the_tiny_profile():
+    """bench_step: the operation count, the step rates and the profiler's split are printed for a profile."""
+    r = run("bench_step.py", "--profile", "tiny", "--seconds", "0.05", "--top", "3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    mflop = re.search(r"forward (\d+) MFLOP per image", r.stdout)
+    assert mflop and int(mflop.group(1)) > 0
+    figures = {line[:52].strip(): line[52:].strip() for line in r.stdout.splitlines() if len(line) > 52}
+    assert float(figures["achieved by the step, GFLOP/s (3x forward)"]) > 0
+    assert float(figures["+ batch from uint8, grad clip, EMA (the loop), img/s"]) > 0
+    shares = r.stdout.split("(top 3):")[1].strip().splitlines()
+    assert len(shares) == 3 and all(line.strip().endswith("%") for line in shares)
+    bad = run("bench_step.py", "--seconds", "0")
+    assert bad.returncode == 2 and "--seconds: expected > 0" in bad.stderr
 
 def _bench_module(script: str):
     spec = importlib.util.spec_from_file_location(f"_bench_{Path(script).stem}", BENCH / script)
