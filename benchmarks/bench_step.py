@@ -95,10 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(0)
     images_u8 = torch.randint(0, 256, (4 * b, 3, r, r), dtype=torch.uint8)  # (N, 3, R, R)
     labels = (torch.rand(4 * b, 24, generator=gen) < 0.08).float()  # (N, 24)
-    masks = torch.rand(4 * b, r, r, generator=gen) < 0.17  # (N, R, R) object pixels
-    fg = tr.foreground_weight if tr.foreground_weight > 0 else 0.0
+    masks = torch.rand(4 * b, r, r, generator=gen) < 0.17 if tr.foreground_weight > 0 else None  # (N, R, R)
     x0, y, pw = make_batch(images_u8, labels, torch.arange(b), gen, tr.hflip, "cpu",
-                           masks if fg else None, fg)  # (B, 3, R, R), (B, 24), (B, 1, R, R) | None
+                           masks, tr.foreground_weight)  # (B, 3, R, R), (B, 24), (B, 1, R, R) | None
 
     def loss_of(x0, y, pw):
         return diffusion_loss(model, x0, y, ac, gen, cfg.schedule.prediction_type, tr.cond_drop_prob,
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def loop_step():
         idx = torch.randint(0, len(images_u8), (b,), generator=gen)  # (B,)
-        xb, yb, pwb = make_batch(images_u8, labels, idx, gen, tr.hflip, "cpu", masks if fg else None, fg)
+        xb, yb, pwb = make_batch(images_u8, labels, idx, gen, tr.hflip, "cpu", masks, tr.foreground_weight)
         loss_of(xb, yb, pwb).backward()
         if tr.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)

@@ -112,7 +112,6 @@ def test_thread_settings_alone_and_two_at_once():
         assert r.returncode != 0 and f"unknown setting {bad!r}" in r.stderr
 
 
-
 def test_step_breakdown_on_the_tiny_profile():
     """bench_step: the operation count, the step rates and the profiler's split are printed for a profile."""
     r = run("bench_step.py", "--profile", "tiny", "--seconds", "0.05", "--top", "3")
@@ -126,6 +125,7 @@ def test_step_breakdown_on_the_tiny_profile():
     assert len(shares) == 3 and all(line.strip().endswith("%") for line in shares)
     bad = run("bench_step.py", "--seconds", "0")
     assert bad.returncode == 2 and "--seconds: expected > 0" in bad.stderr
+
 
 def _bench_module(script: str):
     spec = importlib.util.spec_from_file_location(f"_bench_{Path(script).stem}", BENCH / script)
