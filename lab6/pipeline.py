@@ -10,9 +10,14 @@ its default step count and guidance scale are stored in model_index.json with it
 """
 from __future__ import annotations
 
+import importlib
 import inspect
+import json
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +28,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from . import labels as L
 from .schedules import predict_x0
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 
 Generator = torch.Generator | list[torch.Generator] | None
 
@@ -66,6 +71,27 @@ def upsample(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)  # (B, 3, size, size)
 
 
+def import_lab6_components(folder: str | os.PathLike) -> None:
+    """Import the lab6 modules that folder/model_index.json names as component libraries (diffusers imports none)."""
+    index = Path(folder) / "model_index.json"
+    try:
+        entries = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return  # a hub id, or a missing or corrupt folder: diffusers says what is wrong
+    for name, entry in entries.items() if isinstance(entries, dict) else ():
+        if not (isinstance(entry, list) and len(entry) == 2 and str(entry[0]).partition(".")[0] == "lab6"):
+            continue  # diffusers' own components, and settings such as default_guidance_scale
+        library, class_name = entry
+        try:
+            if not re.fullmatch(r"lab6(\.[a-z]\w*)*", library):
+                raise ImportError("not a public lab6 module name")
+            if not hasattr(importlib.import_module(library), str(class_name)):
+                raise ImportError(f"it has no {class_name}")
+        except ImportError as e:
+            raise CheckpointError(f"{index}: {name}: cannot load {library}.{class_name} ({e}); was it written by "
+                                  f"another version of lab6?") from None
+
+
 class ConditionalDDPMPipeline(DiffusionPipeline):
     """Reverse diffusion (Algorithm 2 of Ho et al., or any diffusers scheduler) conditioned on object labels."""
 
@@ -77,6 +103,12 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(default_num_inference_steps=int(default_num_inference_steps),
                                 default_guidance_scale=float(default_guidance_scale), default_eta=float(default_eta))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """DiffusionPipeline.from_pretrained, after importing the lab6 modules that its model_index.json names."""
+        import_lab6_components(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def _step_kwargs(self, generator: Generator, eta: float) -> dict:
         params = set(inspect.signature(self.scheduler.step).parameters)

@@ -206,3 +206,59 @@ def test_sample_split_writes_the_deliverables(pipe, tmp_path):
     assert Image.open(tmp_path / "images" / "test_grid.png").size == (8 * 66 + 2, 2 * 66 + 2)
     import json
     assert json.loads((tmp_path / "images" / "test_metrics.json").read_text()) == m
+
+
+def _readme_pipeline_example() -> str:
+    """The README's ```python block that loads a model with from_pretrained."""
+    import re
+
+    from tests.conftest import REPO
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    return next(b for b in blocks if "ConditionalDDPMPipeline.from_pretrained" in b)
+
+
+@pytest.mark.parametrize("model", ["shipped", "export"])
+def test_from_pretrained_works_in_a_fresh_interpreter(model, course_dir, tmp_path):
+    """The README's example, run by a new Python that has imported nothing of lab6 but lab6.pipeline, loads the
+    shipped model and a `lab6 train` export and samples an image (diffusers imports only modules already loaded)."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tests.conftest import REPO
+    if model == "shipped":
+        folder = REPO / "pretrained" / "quick"
+    else:
+        from lab6.config import load_config
+        from lab6.train import train
+        run = train(load_config("tiny", output_dir=str(tmp_path / "run"), data_root=str(course_dir), validate_num=0,
+                                train={"max_steps": 1}), progress=False)
+        folder = run / "pipeline"
+    code = _readme_pipeline_example().replace('"pretrained/quick"', repr(str(folder)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert Image.open(tmp_path / "red_sphere_cyan_cube.png").size == (64, 64)
+
+
+@pytest.mark.parametrize("entry, why", [(["lab6.nosuch", "ConditionalUNet"], "No module named 'lab6.nosuch'"),
+                                        (["lab6.model", "NoSuchUNet"], "it has no NoSuchUNet"),
+                                        (["lab6.__main__", "main"], "not a public lab6 module name")])
+def test_a_bad_lab6_library_in_model_index_is_a_one_line_error(pipe, tmp_path, entry, why):
+    """A component whose lab6 module or class does not exist names the file and the entry (and runs no CLI)."""
+    import json
+    import re
+
+    from lab6.errors import CheckpointError
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    (tmp_path / "model_index.json").write_text(json.dumps(index | {"unet": entry}))
+    msg = f"{tmp_path / 'model_index.json'}: unet: cannot load {'.'.join(entry)} ({why})"
+    with pytest.raises(CheckpointError, match=re.escape(msg)) as e:
+        ConditionalDDPMPipeline.from_pretrained(tmp_path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(CheckpointError, match=re.escape(msg)):
+        load_pipeline(tmp_path, device="cpu")
