@@ -142,6 +142,22 @@ class CourseData:
         return f"CourseData({str(self.root)!r}, train={len(self.train)}, splits={self.splits()})"
 
 
+def training_fingerprint(data: CourseData, resolution: int | None = None) -> str:
+    """sha256 over train.json, the resolution and each listed image's name, size and mtime (a stat, no decode)."""
+    h = hashlib.sha256((data.root / "train.json").read_bytes())
+    h.update(f"\0resolution={resolution}\0".encode())
+    for name in data.train:  # train.json order
+        try:
+            st = os.stat(data.image_dir / name)
+        except (FileNotFoundError, NotADirectoryError):
+            data.check_images()  # names how many are missing, as a load would
+            raise DataError(f"{data.image_dir / name}: image not found") from None
+        except OSError as e:
+            raise DataError(f"{data.image_dir / name}: cannot read ({e.strerror or e})") from None
+        h.update(json.dumps([name, st.st_size, st.st_mtime_ns]).encode() + b"\n")
+    return h.hexdigest()
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL mode as 8-bit RGB; 16/32-bit and float greyscale are scaled, not clipped, to 0..255."""
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
@@ -233,7 +249,8 @@ class IclevrDataset(torch.utils.data.Dataset):
     """Training images and their multi-hot labels, decoded once and held in memory as uint8.
 
     `ds[i]` -> (image float (3, R, R) in [-1, 1], multi-hot float (24,)).
-    The decoded array is cached in `root/.cache/` (keyed by train.json and R) so later runs load in a second.
+    The decoded array is cached in `root/.cache/`, keyed by `training_fingerprint` (train.json, R and every
+    image's size and modification time), so later runs load in a second and a changed image is decoded again.
     """
 
     def __init__(self, root: str | os.PathLike | None = None, resolution: int = 64, cache: bool = True,
@@ -246,11 +263,12 @@ class IclevrDataset(torch.utils.data.Dataset):
         self.images = torch.from_numpy(self._load(cache, progress)).permute(0, 3, 1, 2).contiguous()  # (N,3,R,R) uint8
 
     def _cache_path(self) -> Path:
-        key = hashlib.sha1((self.root / "train.json").read_bytes()).hexdigest()[:12]
+        """The cache file for this folder's current images at this resolution."""
+        key = training_fingerprint(self.data, self.resolution)
         return self.root / ".cache" / f"images_{self.resolution}px_{key}.npy"
 
     def _load(self, cache: bool, progress: bool) -> np.ndarray:
-        path = self._cache_path()
+        path = self._cache_path()  # stat the images before decoding: a file changed meanwhile misses next time
         if cache and path.exists():
             try:
                 arr = np.load(path, mmap_mode=None)
@@ -271,6 +289,13 @@ class IclevrDataset(torch.utils.data.Dataset):
                         np.save(f, arr)
             except OSError:
                 pass  # read-only dataset folder: keep the array in memory only
+            else:
+                for old in path.parent.glob(f"images_{self.resolution}px_*.npy"):
+                    if old != path:  # built from other files at this resolution: never valid again
+                        try:
+                            old.unlink()
+                        except OSError:
+                            pass  # gone already, or not ours to delete: it is never read anyway
         return arr
 
     def __len__(self) -> int:

@@ -6,7 +6,6 @@ without torchvision: same module names, so the course's state_dict loads unchang
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import pickle
@@ -618,10 +617,6 @@ def _lr_factor(progress: float, warmup: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-8, 1 - warmup))))
 
 
-def _data_key(root: Path, n: int) -> str:
-    return f"{hashlib.sha1((root / 'train.json').read_bytes()).hexdigest()[:12]}-{n}"
-
-
 def _config_dict(cfg: EvaluatorTrainConfig) -> dict:
     d = asdict(cfg)
     d["round_trip_sizes"] = list(cfg.round_trip_sizes)
@@ -660,10 +655,10 @@ def train_evaluator(data: str | os.PathLike, out: str | os.PathLike | None = Non
     """Train the course's ResNet-18 on `data` (course layout) and save `{'model': state_dict, ...}` to `out`.
 
     Resumable: the state is written atomically to `<out>.partial` every few minutes and on interruption, and a
-    later call with the same config continues from it. A complete checkpoint for the same config and data is
-    kept as is unless `force`.
+    later call with the same config and data continues from it. A complete checkpoint for the same config and data
+    (train.json and every image's size and modification time) is kept as is unless `force`.
     """
-    from .data import CourseData, IclevrDataset
+    from .data import CourseData, IclevrDataset, training_fingerprint
 
     cfg = EvaluatorTrainConfig(**_config_dict(config)) if config is not None else EvaluatorTrainConfig()
     if seed is not None:
@@ -678,7 +673,7 @@ def train_evaluator(data: str | os.PathLike, out: str | os.PathLike | None = Non
         raise ConfigError(f"{out}: is a folder; --out takes the checkpoint's file path, e.g. {out / 'evaluator.pth'}")
     check_writable_dir(out.parent)  # before training, not after it
     course = CourseData(root)
-    key, cfg_dict = _data_key(course.root, len(course.train)), _config_dict(cfg)
+    key, cfg_dict = training_fingerprint(course), _config_dict(cfg)  # train.json and each image's size and mtime
 
     if not force and out.is_file():
         done = _try_load(out)

@@ -1,4 +1,7 @@
 import json
+import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -45,6 +48,91 @@ def test_missing_images_are_reported(course_dir):
         p.unlink()
     with pytest.raises(DataError, match=r"3 of 12 images listed in train.json are missing \(first: img_0000.png"):
         D.IclevrDataset(course_dir)
+
+
+def _caches(root):
+    """The decoded-image cache files of a dataset folder, with their modification times."""
+    return {p.name: p.stat().st_mtime_ns for p in (root / ".cache").glob("*.npy")}
+
+
+def test_the_fingerprint_follows_train_json_the_resolution_and_each_image_stat(course_dir):
+    data = D.CourseData(course_dir)
+    fp = D.training_fingerprint(data, 32)
+    assert fp == D.training_fingerprint(data, 32) and len(fp) == 64
+    assert D.training_fingerprint(data, 64) != fp and D.training_fingerprint(data) != fp
+    image = course_dir / "iclevr" / "img_0004.png"
+    st = image.stat()
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # same bytes, touched
+    assert D.training_fingerprint(data, 32) != fp
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert D.training_fingerprint(data, 32) == fp
+    with open(image, "ab") as f:
+        f.write(b"\0")
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))  # one byte longer, same mtime
+    assert D.training_fingerprint(data, 32) != fp
+
+
+def test_a_truncated_image_fails_the_next_load_naming_it(course_dir):
+    D.IclevrDataset(course_dir, resolution=32)
+    cached = _caches(course_dir)
+    bad = course_dir / "iclevr" / "img_0005.png"
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(DataError, match=re.escape(f"{bad}: not a readable image (image file is truncated)")):
+        D.IclevrDataset(course_dir, resolution=32)
+    assert _caches(course_dir) == cached  # nothing written
+
+
+def test_an_image_replaced_by_another_loads_the_new_pixels(course_dir):
+    first = D.IclevrDataset(course_dir, resolution=32)
+    new = course_dir / "iclevr" / "img_0005.png"
+    Image.new("RGB", (48, 48), (200, 10, 10)).save(new)
+    ds = D.IclevrDataset(course_dir, resolution=32)
+    assert torch.equal(ds.images[5], torch.from_numpy(D.load_image(new, 32)).permute(2, 0, 1))
+    assert not torch.equal(ds.images[5], first.images[5]) and torch.equal(ds.images[:5], first.images[:5])
+    assert len(_caches(course_dir)) == 1  # the stale cache is removed once the new one is written
+
+
+def test_an_image_rewritten_at_the_same_size_is_caught_by_its_mtime(course_dir):
+    image = course_dir / "iclevr" / "img_0002.png"
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(image, compress_level=0)
+    D.IclevrDataset(course_dir, resolution=64)
+    st = image.stat()
+    other = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(other).save(image, compress_level=0)  # uncompressed: the same size in bytes
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # however coarse the clock, a later mtime
+    assert image.stat().st_size == st.st_size
+    assert np.array_equal(D.IclevrDataset(course_dir, resolution=64).images[2].permute(1, 2, 0).numpy(), other)
+
+
+def test_unchanged_images_are_read_from_the_cache_without_decoding(course_dir, tmp_path, monkeypatch):
+    first = D.IclevrDataset(course_dir, resolution=32)
+    copy = tmp_path / "copy"
+    shutil.copytree(course_dir, copy)  # keeps the cache and every image's size and mtime
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("an image was decoded although none changed")
+
+    monkeypatch.setattr(D, "load_image", no_decode)
+    assert torch.equal(D.IclevrDataset(course_dir, resolution=32).images, first.images)
+    assert torch.equal(D.IclevrDataset(copy, resolution=32).images, first.images)
+
+
+def test_cli_train_on_a_copy_with_a_truncated_image_exits_1_naming_it(course_dir, tmp_path, capsys):
+    from lab6.cli import main
+    from lab6.config import load_config
+
+    D.IclevrDataset(course_dir, resolution=load_config("tiny").model.sample_size)  # trained on once: cached
+    copy = tmp_path / "copy"
+    shutil.copytree(course_dir, copy)
+    bad = copy / "iclevr" / "img_0003.png"
+    bad.write_bytes(bad.read_bytes()[:100])
+    cached = _caches(copy)
+    rc = main(["train", "--data", str(copy), "--profile", "tiny", "--max-steps", "2", "--out", str(tmp_path / "run"),
+               "--no-progress"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 1 and err[-1] == f"error: {bad}: not a readable image (image file is truncated)"
+    assert not (tmp_path / "run").exists() and _caches(copy) == cached
 
 
 @pytest.mark.parametrize("content, message", [

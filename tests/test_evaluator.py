@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lab6 import cli
+from lab6 import data as D
 from lab6 import evaluator as E
 from lab6 import labels as L
 from lab6.data import object_masks
@@ -461,6 +462,43 @@ def test_train_evaluator_tiny_resume_and_skip(tmp_path, monkeypatch, capsys):
     assert "up to date" in capsys.readouterr().out and out.stat().st_mtime_ns == mtime
     E.train_evaluator(root, config=cfg, progress=False, force=True)
     assert out.stat().st_mtime_ns != mtime
+
+
+def test_train_evaluator_retrains_when_an_image_changes_and_names_a_broken_one(tmp_path, monkeypatch, capsys):
+    root = write_course_layout(tmp_path / "ds", n=24)
+    cfg = E.EvaluatorTrainConfig(**dict(TINY, epochs=1, width=8))
+    out, partial = tmp_path / "ev.pth", tmp_path / "ev.pth.partial"
+    E.train_evaluator(root, out, cfg, progress=False)
+    key, mtime = torch.load(out, weights_only=True)["data_key"], out.stat().st_mtime_ns
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("an image was decoded although none changed")
+
+    with monkeypatch.context() as m:  # unchanged images: up to date, nothing decoded
+        m.setattr(D, "load_image", no_decode)
+        capsys.readouterr()
+        E.train_evaluator(root, out, cfg, progress=False)
+        assert "up to date" in capsys.readouterr().out and out.stat().st_mtime_ns == mtime
+
+    image = root / "iclevr" / "img_0007.png"
+    image.write_bytes(image.read_bytes()[:100])  # truncated: named, nothing written
+    with pytest.raises(DataError, match=re.escape(f"{image}: not a readable image (image file is truncated)")):
+        E.train_evaluator(root, out, cfg, progress=False)
+    assert out.stat().st_mtime_ns == mtime and not partial.exists()
+
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(image)  # a valid, different image: trained on
+    with monkeypatch.context() as m:  # interrupted: the partial state carries the new images' key
+        m.setattr(E, "augment", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            E.train_evaluator(root, out, cfg, progress=False)
+    assert torch.load(partial, weights_only=True)["data_key"] not in (key, None)
+    st = image.stat()
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # touched again: that partial is stale
+    capsys.readouterr()
+    E.train_evaluator(root, out, cfg, progress=False)
+    printed = capsys.readouterr().out
+    assert "ignoring" in printed and "resuming" not in printed and "saved" in printed
+    assert torch.load(out, weights_only=True)["data_key"] != key and not partial.exists()
 
 
 def test_train_variants_and_config_checks(tmp_path, capsys):
