@@ -6,6 +6,7 @@ without torchvision: same module names, so the course's state_dict loads unchang
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
@@ -27,6 +28,7 @@ from .io import atomic_path, check_writable_dir
 RESOLUTION = 64  # the course evaluator's input side
 COURSE_CHECKPOINT = Path("data") / "iclevr" / "checkpoint.pth"
 SYNTH_CHECKPOINT = Path("data") / "synth" / "evaluator.pth"
+SHIPPED_EVALUATOR = Path(__file__).resolve().parents[1] / "pretrained" / "evaluator" / "checkpoint.pth"
 HOW_TO_GET = ("put the course's checkpoint.pth in data/iclevr/, or train one on the synthetic data with "
               "`lab6 train-evaluator --data data/synth`")
 
@@ -132,24 +134,41 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
 
 
 # ---------------------------------------------------------------- checkpoints
+def is_default_synth(root: str | os.PathLike) -> bool:
+    """Whether `root` holds synthetic data of the default renderer (its .synth.json says so): the shipped
+    evaluator's kind of scene."""
+    from .synth import RENDER_VERSION, SynthConfig
+    try:
+        state = json.loads((Path(root) / ".synth.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("renderer") == RENDER_VERSION \
+        and state.get("config") == asdict(SynthConfig())
+
+
 def find_evaluator(path: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None) -> Path:
-    """The evaluator checkpoint to use: `path`; else in `data_root` its checkpoint.pth (the course's) or
-    evaluator.pth (ours); else data/iclevr/checkpoint.pth, else data/synth/evaluator.pth; CheckpointError if none."""
+    """The evaluator checkpoint to use: `path`; else in the data root (default data/iclevr if it has the
+    course's checkpoint, else data/synth) its checkpoint.pth (the course's), its evaluator.pth (what
+    `lab6 train-evaluator` writes), else the shipped one when the root holds default synthetic renders."""
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"{path}: evaluator checkpoint not found; {HOW_TO_GET}")
         return path
-    if data_root is not None:
-        candidates = (Path(data_root) / COURSE_CHECKPOINT.name, Path(data_root) / SYNTH_CHECKPOINT.name)
-        how = f"train one with `lab6 train-evaluator --data {data_root}`"
-    else:
-        candidates, how = (COURSE_CHECKPOINT, SYNTH_CHECKPOINT), HOW_TO_GET
+    if data_root is None:
+        if COURSE_CHECKPOINT.is_file():
+            return COURSE_CHECKPOINT
+        data_root = SYNTH_CHECKPOINT.parent
+    root = Path(data_root)
+    candidates = (root / COURSE_CHECKPOINT.name, root / SYNTH_CHECKPOINT.name)
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise CheckpointError(f"no evaluator checkpoint found (looked for {' and '.join(map(str, candidates))} "
-                          f"under {Path.cwd()}); {how}")
+    if is_default_synth(root) and SHIPPED_EVALUATOR.is_file():
+        return SHIPPED_EVALUATOR
+    raise CheckpointError(f"no evaluator for {root}: no {candidates[0].name} (the course's) or {candidates[1].name} "
+                          f"there, and it holds no default synthetic renders for the shipped one; train one with "
+                          f"`lab6 train-evaluator --data {root}`")
 
 
 def _first_line(e: BaseException) -> str:

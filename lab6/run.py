@@ -69,9 +69,10 @@ def ensure_data(cfg: RunConfig) -> CourseData:
 
 
 def ensure_evaluator(cfg: RunConfig) -> Path:
-    """Find the evaluator for this data root; for a synthetic dataset without one, render an all-pairs
-    training set beside it (`<root>-evaluator/`, so the evaluator knows the pairs unseen_test asks for)
-    and train the course's ResNet-18 on it, saved as `<root>/evaluator.pth`."""
+    """Find the evaluator for this data root (default synthetic data: the shipped one); for synthetic data of
+    another renderer setting without one, render an all-pairs training set beside it (`<root>-evaluator/`, so
+    the evaluator knows the pairs unseen_test asks for) and train the course's ResNet-18 on it, saved as
+    `<root>/evaluator.pth`."""
     from .evaluator import find_evaluator, train_evaluator
     from .synth import write_dataset
     try:

@@ -15,6 +15,7 @@ from lab6 import evaluator as E
 from lab6 import labels as L
 from lab6.data import object_masks
 from lab6.errors import CheckpointError, ConfigError, DataError, LabelError
+from lab6.synth import write_dataset
 from tests.conftest import write_course_layout
 
 # torchvision.models.resnet18().state_dict() with fc = Sequential(Linear(512, 24), Sigmoid()), in order.
@@ -278,6 +279,11 @@ def test_find_evaluator_order(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=re.escape("lab6 train-evaluator --data data/synth")):
         E.find_evaluator()
     (tmp_path / "data" / "synth").mkdir(parents=True)
+    # default synthetic renders (their .synth.json says so): the shipped evaluator
+    write_dataset(tmp_path / "data" / "synth", scenes=1, workers=1, progress=False)
+    assert E.find_evaluator() == E.SHIPPED_EVALUATOR
+    assert E.find_evaluator(data_root="data/synth") == E.SHIPPED_EVALUATOR
+    # a user's own evaluator.pth wins over the shipped one, the course's checkpoint.pth over both
     (tmp_path / "data" / "synth" / "evaluator.pth").write_bytes(b"x")
     assert E.find_evaluator() == E.SYNTH_CHECKPOINT
     (tmp_path / "data" / "iclevr").mkdir()
@@ -292,6 +298,24 @@ def test_find_evaluator_order(tmp_path, monkeypatch):
     assert E.find_evaluator(data_root="data/synth") == E.SYNTH_CHECKPOINT
     (tmp_path / "data" / "synth" / "checkpoint.pth").write_bytes(b"x")
     assert E.find_evaluator(data_root="data/synth") == tmp_path.joinpath("data/synth/checkpoint.pth").relative_to(tmp_path)
+
+
+def test_the_shipped_evaluator_needs_default_renders(tmp_path):
+    write_dataset(tmp_path / "small", scenes=1, size=32, workers=1, progress=False)
+    with pytest.raises(CheckpointError, match=r"no default synthetic renders .*lab6 train-evaluator --data"):
+        E.find_evaluator(data_root=tmp_path / "small")
+    (tmp_path / "small" / ".synth.json").write_text("{not json")
+    assert not E.is_default_synth(tmp_path / "small")
+
+
+def test_the_shipped_evaluator_reads_fresh_renders():
+    """The shipped file loads (fp16 weights into the fp32 network) and reads ground truth it never saw."""
+    from lab6.synth import render_labels
+    ev = E.Evaluator(E.SHIPPED_EVALUATOR, device="cpu")
+    assert ev.path.stat().st_size < 25e6
+    sets = [["red sphere"], ["cyan cube", "gray cylinder"], ["blue cylinder", "yellow sphere", "brown cube"]] * 4
+    images = torch.from_numpy(render_labels(sets, seed=4242)).permute(0, 3, 1, 2)
+    assert ev.accuracy(images, sets) >= 0.95
 
 
 def _bad_checkpoints(tmp_path):
