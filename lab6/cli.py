@@ -78,6 +78,35 @@ def _cmd_train_evaluator(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- train-checker
+def _add_train_checker(sub) -> None:
+    p = sub.add_parser("train-checker", help="train the count checker behind exact-scene accuracy",
+                       description="Render scenes with duplicated and extra objects into --data (when its "
+                                   "counts.json is missing) and train the ResNet-18 count checker on them.")
+    p.add_argument("--data", required=True, help="folder of the checker's renders, e.g. data/checker")
+    p.add_argument("--out", default=None, help="checkpoint path (default <data>/checker.pth)")
+    p.add_argument("--scenes", type=int, default=12000, help="scenes to render when --data is empty (default 12000)")
+    p.add_argument("--render-seed", type=int, default=2, help="scene seed of the renders (default 2)")
+    p.add_argument("--workers", type=int, default=0, help="render processes (default 0: all cores)")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the images (default 30)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock budget; the learning-rate schedule ends at it (default 0: none)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per step (default 128)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3, AdamW)")
+    p.add_argument("--width", type=int, default=None, help="channels of the first stage (default 32)")
+    p.add_argument("--init", default=None, help="start from this checker checkpoint (fine-tuning)")
+    p.set_defaults(func=_cmd_train_checker)
+
+
+def _cmd_train_checker(args) -> int:
+    import os
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .checker import main_train_checker
+    return main_train_checker(args)
+
+
 # ---------------------------------------------------------------- train
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train the conditional DDPM",
@@ -94,6 +123,8 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=None, help="images per optimiser step and process")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="start from the weights of a model folder with the same architecture (fine-tuning)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is still written)")
     p.set_defaults(func=_cmd_train)
 
@@ -180,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lab6 {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_synth, _add_train_evaluator, _add_train, _add_sample, _add_evaluate, _add_run):
+    for add in (_add_synth, _add_train_evaluator, _add_train_checker, _add_train, _add_sample, _add_evaluate, _add_run):
         add(sub)
     return parser
 

@@ -27,7 +27,7 @@ from .conftest import REPO, write_course_layout
 
 BENCH = REPO / "benchmarks"
 SCRIPTS = ("bench_synth.py", "bench_evaluator.py", "bench_quality.py", "bench_sampling.py", "bench_gpu.py",
-           "bench_threads.py", "bench_step.py")
+           "bench_threads.py", "bench_step.py", "bench_fidelity.py")
 
 
 def run(script: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -84,16 +84,20 @@ def test_evaluator_ceiling_with_fresh_renders(tmp_path):
     (ds / "test_gt").mkdir()
     for i, name in enumerate(sorted((ds / "iclevr").iterdir())[:8]):
         (ds / "test_gt" / f"{i}.png").write_bytes(name.read_bytes())
-    r = run("bench_evaluator.py", "--data", str(ds), "--renders", "2", "--render-seed", "5")
-    assert r.returncode == 1, r.stderr  # an untrained evaluator does not meet the target
-    assert "target: >= 0.99" in r.stdout and "NOT met" in r.stdout
+    r = run("bench_evaluator.py", "--data", str(ds), "--renders", "2", "--render-seed", "5",
+            "--out", str(tmp_path / "out"))
+    assert r.returncode == 1, r.stderr  # an untrained evaluator does not meet the targets
+    assert "targets: top-k >= test 0.98, new_test 0.975" in r.stdout and "NOT met" in r.stdout
     lines = r.stdout.splitlines()
     fresh = lines.index(next(line for line in lines if line.startswith("2 fresh renders")))
     rows = {line.split()[0]: line.split() for line in lines[fresh + 2:fresh + 4]}
     assert rows["test"][1] == "16" and rows["new_test"][1] == "16"  # 2 renders x 8 label sets each
     labels = sum(len(s) for s in json.loads((ds / "test.json").read_text())) * 2
     assert rows["test"][3].endswith(f"/{labels})") and rows["test"][5].endswith(f"/{labels})")  # sharp, round trip
-    assert rows["test"][-4] == "unrequested" and rows["test"][-3].endswith("/16")  # images with an extra object
+    assert rows["test"][-6] == "unrequested" and rows["test"][-5].endswith("/16")  # images with an extra object
+    assert rows["test"][-4] == "exact" and 0 <= float(rows["test"][-3]) <= 1   # the shipped checker's reading
+    assert "exact-scene accuracy of the checker, pooled" in r.stdout
+    assert (tmp_path / "out" / "misses.png").stat().st_size > 1000  # the misses, drawn
     assert "new_test" in r.stdout and "no new_test_gt/ folder" in r.stdout  # sharp table skips what is absent
     bad = run("bench_evaluator.py", "--data", str(ds), "--renders", "-1")
     assert bad.returncode == 2 and "--renders: expected a count >= 0, got -1" in bad.stderr
@@ -234,6 +238,22 @@ def test_sampling_on_the_tiny_run(quality_run, tmp_path):
     assert "acc w=2 (default)" in (out / "report.txt").read_text() and "extra w=2" in (out / "report.txt").read_text()
 
 
+
+def test_fidelity_on_the_tiny_run(quality_run, tmp_path):
+    ds, _, runs, _ = quality_run
+    out = tmp_path / "fidelity"
+    text = run_in_process("bench_fidelity.py", "--models", str(runs / "tiny"), "--data", str(ds), "--seeds", "0-1",
+                          "--settings", "DDIM-25@2", "--out", str(out))
+    rows = read_csv(out / "fidelity.csv")
+    splits = [s for s in ("test", "new_test") if (ds / f"{s}.json").is_file()]
+    assert [(r["model"], r["split"]) for r in rows] == [("ground truth", s) for s in splits] + \
+        [(str(runs / "tiny"), s) for s in splits]
+    truth, model = rows[0], rows[len(splits)]
+    assert truth["top-k"] and float(model["exact"]) <= 1 and model["setting"] == "DDIM-25@2"
+    assert float(model["FID"]) > float(truth["FID"])  # an untrained model lies further from the renders
+    info = json.loads((out / "results.json").read_text())
+    assert info["seeds"] == [0, 1] and info["runs"][1]["fake"] == info["images"] and info["runs"][1]["kid_subset"] >= 2
+    assert (out / "tiny-DDIM-25-w2.png").stat().st_size > 1000 and "wrote" in text
 
 def test_gpu_session_script_runs_its_jobs_on_the_cpu(tmp_path):
     """bench_gpu's jobs with tiny settings on the CPU (how it is checked before it spends GPU time): each job

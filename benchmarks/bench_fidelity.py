@@ -1,0 +1,138 @@
+"""Fidelity of a model beyond top-k: exact-scene accuracy, FID / KID against ground truth, wrong-shape misses.
+
+    .venv/bin/python benchmarks/bench_fidelity.py --models pretrained/quick [--settings SDE-DPM++-25@4,DPM++-20@2]
+        [--seeds 0-10] [--data data/synth] [--out DIR]
+
+For every model and setting (a lab6.compare.SAMPLER_SETTINGS name, `@w` for the guidance scale, default the
+model's), samples each label set of test, new_test and unseen_test once per seed and reports per split the
+course's top-k accuracy and the count checker's exact-scene accuracy (mean over seeds), the share of images
+with a duplicated / unrequested / missing object, the evaluator's wrong-shape misses, and pooled over all images
+FID and KID on the evaluator's features against fresh renders of the same label sets (render seed 7000). The
+first rows are the ground truth itself (render seed 7000 against 8000): the ceilings of the two readers and the
+floor of FID / KID. Writes results.json, a CSV and, per model and setting, a figure of generated images beside
+the ground truth of the same test label sets.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (default_out, evaluator_info, format_table, int_list, load_average, machine_info,  # noqa: E402
+                     machine_line, run_main, write_csv)
+
+from lab6.checker import CountChecker  # noqa: E402
+from lab6.compare import SAMPLER_SETTINGS  # noqa: E402
+from lab6.data import CourseData, from_uint8  # noqa: E402
+from lab6.evaluator import WRONG_SHAPE, Evaluator, find_evaluator, summarize  # noqa: E402
+from lab6.fidelity import fid_kid  # noqa: E402
+from lab6.sample import load_pipeline, sample  # noqa: E402
+from lab6.synth import render_labels  # noqa: E402
+
+REAL_SEED, FLOOR_SEED = 7000, 8000  # render seeds of the ground truth and of the floor; never a dataset's
+HEADER = ["model", "setting", "split", "top-k", "exact", "duplicate", "unrequested", "missing", "wrong shape",
+          "FID", "KID x1e3", "s / 32 img"]
+
+
+def parse_settings(text: str) -> list[tuple[str, str, int, float | None]]:
+    """'SDE-DPM++-25@4,DPM++-20' -> [(name, sampler, steps, guidance or None)]."""
+    known = {s[0]: s for s in SAMPLER_SETTINGS}
+    out = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, w = item.partition("@")
+        if name not in known:
+            raise SystemExit(f"error: --settings: unknown {name!r}; choose from {', '.join(known)}")
+        out.append((name, known[name][1], known[name][2], float(w) if w else None))
+    return out
+
+
+def reading(ev: Evaluator, ck: CountChecker, images: torch.Tensor, sets: list[list[str]]) -> dict:
+    """Top-k, exact-scene accuracy and miss kinds of images (N, 3, 64, 64) for their label sets."""
+    hits, total = ev.score(images, sets)
+    return {"top-k": hits / total, **ck.report(images, sets),
+            "wrong shape": summarize(ev.breakdown(images, sets)).get(WRONG_SHAPE, 0)}
+
+
+def figure(generated: torch.Tensor, truth: torch.Tensor, sets: list[list[str]], path: Path, n: int = 16) -> None:
+    """Generated (top of each pair) above the ground truth of the same label sets, captioned."""
+    from lab6.data import to_uint8
+    from lab6.plots import caption, labelled_grid
+    images = torch.cat([generated[:n], truth[:n]])
+    caps = [caption(s) for s in sets[:n]] + ["ground truth"] * n
+    fig = labelled_grid(to_uint8(images), caps, ncol=n // 2 if n > 8 else n)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="pretrained/quick", help="comma-separated model folders")
+    parser.add_argument("--settings", default="", help="sampler settings, e.g. SDE-DPM++-25@4 (default: the model's)")
+    parser.add_argument("--seeds", default="0-10", help="sampling seeds, e.g. 0-10 (11 x 96 = 1056 images)")
+    parser.add_argument("--data", default="data/synth", help="dataset root with the three test files")
+    parser.add_argument("--evaluator", default=None, help="evaluator checkpoint (default: found for --data)")
+    parser.add_argument("--checker", default=None, help="count checker (default pretrained/checker/checker.pth)")
+    parser.add_argument("--out", default=None, help="output folder (default benchmarks/results/fidelity-<time>)")
+    args = parser.parse_args(argv)
+    lo, dash, hi = args.seeds.partition("-")
+    seeds = list(range(int(lo), int(hi) + 1)) if dash else int_list(args.seeds)
+    out = Path(args.out) if args.out else default_out("fidelity")
+    out.mkdir(parents=True, exist_ok=True)
+    load = {"start": load_average()}
+    data = CourseData(args.data)
+    ev = Evaluator(find_evaluator(args.evaluator, data_root=data.root))
+    ck = CountChecker(args.checker)
+    splits = {s: data.label_sets(s) for s in data.splits()}
+    all_sets = [s for _ in seeds for split in splits for s in splits[split]]
+    where = [split for _ in seeds for split in splits for _ in splits[split]]  # the split of each image
+    real = from_uint8(render_labels(all_sets, seed=REAL_SEED))      # (N, 3, 64, 64), a fresh render seed
+    floor = from_uint8(render_labels(all_sets, seed=FLOOR_SEED))
+    rows, results = [], {"machine": machine_info(), "evaluator": evaluator_info(ev), "checker": str(ck.path),
+                         "seeds": seeds, "images": len(all_sets), "runs": []}
+
+    def record(model: str, setting: str, images: torch.Tensor, seconds: float | None) -> None:
+        pooled = fid_kid(real, images, ev)
+        per = {}
+        for split in splits:
+            idx = [i for i, s in enumerate(where) if s == split]
+            sets = [all_sets[i] for i in idx]
+            per[split] = reading(ev, ck, images[idx], sets)
+            rows.append([model, setting, split, f"{per[split]['top-k']:.3f}", f"{per[split]['exact']:.3f}",
+                         f"{per[split]['duplicate']:.3f}", f"{per[split]['unrequested']:.3f}",
+                         f"{per[split]['missing']:.3f}", per[split]["wrong shape"], f"{pooled['fid']:.2f}",
+                         f"{1e3 * pooled['kid']:.2f}", "" if seconds is None else f"{seconds:.1f}"])
+        results["runs"].append({"model": model, "setting": setting, "per_split": per, **pooled,
+                                "seconds_per_32": seconds})
+        print(format_table(HEADER, rows[-len(splits):]), flush=True)
+
+    record("ground truth", f"render seed {FLOOR_SEED} vs {REAL_SEED}", floor, None)
+    for model in filter(None, args.models.split(",")):
+        pipe = load_pipeline(model, device="cpu")
+        for name, sampler, steps, w in parse_settings(args.settings) or [(None, None, None, None)]:
+            chunks, t0 = [], time.perf_counter()
+            for seed in seeds:
+                for split in splits:
+                    chunks.append(sample(pipe, splits[split], sampler=sampler, num_steps=steps, guidance_scale=w,
+                                         seed=seed).images)
+            seconds = (time.perf_counter() - t0) / len(chunks)
+            images = torch.cat(chunks)
+            label = f"{name or 'default'}@{w if w is not None else pipe.config.default_guidance_scale:g}"
+            record(model, label, images, seconds)
+            tag = f"{Path(model).name}-{label}".replace("@", "-w").replace("+", "p")
+            figure(images[:32], real[:32], all_sets[:32], out / f"{tag}.png")
+    load["end"] = load_average()
+    results["load_average"] = load
+    print("\n" + machine_line(results["machine"], load["end"]))
+    print(format_table(HEADER, rows))
+    write_csv(out / "fidelity.csv", HEADER, rows)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
