@@ -581,6 +581,18 @@ def wsd_factor(step: int, warmup: int, max_steps: int, decay_fraction: float) ->
     return min(1.0, max(0.0, (max_steps - step) / decay_steps))
 
 
+def init_weights(model: ConditionalUNet, folder: Path) -> None:
+    """Start from the weights of a model folder (an export or its unet/) with the same architecture."""
+    src = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+    other = ConditionalUNet.from_pretrained(src)
+    mine, theirs = ({k: json.dumps(v) for k, v in c.items() if not k.startswith("_")} for c in (model.config, other.config))
+    if mine != theirs:
+        diff = sorted(k for k in mine if theirs.get(k) != mine[k])
+        raise ConfigError(f"train.init_from: {src} holds another architecture (differs in {', '.join(diff)}); "
+                          f"use the same model settings as the run that wrote it")
+    model.load_state_dict(other.state_dict())
+
+
 def make_lr_scheduler(t: TrainConfig, optimizer: torch.optim.Optimizer):
     """The LR schedule of train.lr_scheduler: diffusers' get_scheduler, or warmup_stable_decay (Hägele et al. 2024)."""
     from diffusers.optimization import get_scheduler
@@ -638,6 +650,8 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
 
     torch.manual_seed(t.seed)  # same initial weights on every process
     model = build_model(cfg.model)
+    if t.init_from is not None and ckpt is None:
+        init_weights(model, Path(t.init_from))
     noise_scheduler = make_scheduler(cfg.schedule, "ddpm")
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
                                   weight_decay=t.weight_decay)
@@ -858,7 +872,7 @@ def config_from_args(args) -> Config:
     over: dict = {"output_dir": str(args.out)}
     for key, name in (("data_root", "data"), ("max_steps", "max_steps"), ("max_minutes", "max_minutes"),
                       ("checkpoint_every", "checkpoint_every"), ("device", "device"),
-                      ("batch_size", "batch_size"), ("lr", "lr")):
+                      ("batch_size", "batch_size"), ("lr", "lr"), ("init_from", "init_from")):
         value = getattr(args, name, None)
         if value is not None:
             over[key] = value

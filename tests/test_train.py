@@ -17,7 +17,8 @@ from PIL import Image
 from lab6 import labels as L
 from lab6.config import PROFILES, load_config
 from lab6.errors import ConfigError, TrainingError
-from lab6.model import build_model
+from lab6 import train as T
+from lab6.model import ConditionalUNet, build_model
 from lab6.schedules import alphas_cumprod
 from lab6.train import BatchOrder, diffusion_loss, list_checkpoints, train
 from tests.conftest import REPO, write_course_layout
@@ -456,3 +457,23 @@ def test_cli_errors_are_one_line(tmp_path, dataset, capsys):
     assert main(["train", "--profile", "tiny", "--data", str(dataset), "--out", str(tmp_path / "y"),
                  "--max-steps", "0"]) == 1
     assert "train.max_steps: must be > 0" in capsys.readouterr().err
+
+
+def test_init_from_starts_from_an_exports_weights(tmp_path, dataset, monkeypatch):
+    first = train(tiny_cfg(tmp_path / "a", dataset), progress=False)
+    seen = {}
+    real = T.init_weights
+
+    def spy(model, folder):
+        real(model, folder)
+        seen.update({k: v.clone() for k, v in model.state_dict().items()})
+    monkeypatch.setattr(T, "init_weights", spy)
+    train(tiny_cfg(tmp_path / "b", dataset, init_from=str(first / "pipeline"), max_steps=1), progress=False)
+    exported = ConditionalUNet.from_pretrained(first / "pipeline" / "unet").state_dict()
+    assert seen and all(torch.equal(seen[k], v) for k, v in exported.items())
+    other = load_config("tiny", output_dir=str(tmp_path / "c"), data_root=str(dataset), validate_num=0,
+                        init_from=str(first / "pipeline"), model={"block_out_channels": [16, 16]})
+    with pytest.raises(ConfigError, match="another architecture .*block_out_channels"):
+        train(other, progress=False)
+    with pytest.raises(ConfigError, match="train.init_from: .*nothing: expected a model folder"):
+        load_config("tiny", init_from=str(tmp_path / "nothing"))
