@@ -283,9 +283,6 @@ def validate_config(cfg: Config, where: str = "") -> Config:
         bad("train.min_snr_gamma", f"must be > 0 (or empty for plain MSE), got {t.min_snr_gamma}")
     if t.foreground_weight < 0:
         bad("train.foreground_weight", f"must be >= 0 (0 = every pixel alike), got {t.foreground_weight}")
-    if t.init_from is not None and not any((Path(t.init_from) / sub / "config.json").is_file() for sub in ("unet", "")):
-        bad("train.init_from", f"{t.init_from}: expected a model folder holding unet/config.json or config.json "
-                               f"(a `lab6 train` export such as pretrained/quick)")
     if t.timestep_sampling not in TIMESTEP_SAMPLING:
         bad("train.timestep_sampling", f"expected one of {', '.join(TIMESTEP_SAMPLING)}, got {t.timestep_sampling!r}")
     if t.timestep_sampling == "importance" and t.min_snr_gamma is None:

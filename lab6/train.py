@@ -584,6 +584,9 @@ def wsd_factor(step: int, warmup: int, max_steps: int, decay_fraction: float) ->
 def init_weights(model: ConditionalUNet, folder: Path) -> None:
     """Start from the weights of a model folder (an export or its unet/) with the same architecture."""
     src = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+    if not (src / "config.json").is_file():
+        raise ConfigError(f"train.init_from: {folder}: expected a model folder holding unet/config.json or "
+                          f"config.json (a `lab6 train` export such as pretrained/quick)")
     other = ConditionalUNet.from_pretrained(src)
     mine, theirs = ({k: json.dumps(v) for k, v in c.items() if not k.startswith("_")} for c in (model.config, other.config))
     if mine != theirs:

@@ -476,4 +476,5 @@ def test_init_from_starts_from_an_exports_weights(tmp_path, dataset, monkeypatch
     with pytest.raises(ConfigError, match="another architecture .*block_out_channels"):
         train(other, progress=False)
     with pytest.raises(ConfigError, match="train.init_from: .*nothing: expected a model folder"):
-        load_config("tiny", init_from=str(tmp_path / "nothing"))
+        train(tiny_cfg(tmp_path / "d", dataset, init_from=str(tmp_path / "nothing")), progress=False)
+    assert not (tmp_path / "d").exists()  # nothing written for a bad input
