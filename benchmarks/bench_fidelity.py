@@ -31,6 +31,7 @@ from lab6.compare import SAMPLER_SETTINGS  # noqa: E402
 from lab6.data import CourseData, from_uint8  # noqa: E402
 from lab6.evaluator import WRONG_SHAPE, Evaluator, find_evaluator, summarize  # noqa: E402
 from lab6.fidelity import fid_kid  # noqa: E402
+from lab6.plots import side_by_side  # noqa: E402
 from lab6.sample import load_pipeline, sample  # noqa: E402
 from lab6.synth import render_labels  # noqa: E402
 
@@ -58,14 +59,9 @@ def reading(ev: Evaluator, ck: CountChecker, images: torch.Tensor, sets: list[li
             "wrong shape": summarize(ev.breakdown(images, sets)).get(WRONG_SHAPE, 0)}
 
 
-def figure(generated: torch.Tensor, truth: torch.Tensor, sets: list[list[str]], path: Path, n: int = 16) -> None:
-    """Generated (top of each pair) above the ground truth of the same label sets, captioned."""
-    from lab6.data import to_uint8
-    from lab6.plots import caption, labelled_grid
-    images = torch.cat([generated[:n], truth[:n]])
-    caps = [caption(s) for s in sets[:n]] + ["ground truth"] * n
-    fig = labelled_grid(to_uint8(images), caps, ncol=n // 2 if n > 8 else n)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+def figure(generated: torch.Tensor, truth: torch.Tensor, sets: list[list[str]], path: Path) -> None:
+    """Generated images above the ground truth of the same label sets, captioned."""
+    side_by_side(generated, truth, sets).savefig(path, dpi=110, bbox_inches="tight")
 
 
 def main(argv: list[str] | None = None) -> int:

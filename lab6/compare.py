@@ -64,3 +64,35 @@ def no_label_accuracy(pipe, label_sets, evaluator: Evaluator, seed: int = 0, **k
     hits, total = evaluator.score(out.images, label_sets)
     return {"accuracy": hits / total, "hits": hits, "labels": total,
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def fidelity(pipe, splits: dict[str, list], evaluator: Evaluator, checker, seeds: Sequence[int] = (0, 1, 2),
+             render_seed: int = 7000, **kwargs) -> dict:
+    """Every split sampled once per seed; per split top-k (mean, std over seeds), exact-scene accuracy and the
+    shares of images with a duplicated / unrequested / missing object; pooled FID and KID against fresh renders
+    of the same label sets, with their floor (the same label sets rendered with another seed)."""
+    from .data import from_uint8
+    from .fidelity import fid_kid
+    from .synth import render_labels
+
+    images, sets, per_split, t0 = [], [], {}, time.perf_counter()
+    for split, label_sets in splits.items():
+        accs, reads = [], []
+        for s in seeds:
+            x = sample(pipe, label_sets, seed=s, **kwargs).images  # (B, 3, 64, 64)
+            accs.append(evaluator.accuracy(x, label_sets))
+            reads.append(checker.report(x, label_sets))
+            images.append(x)
+            sets += label_sets
+        acc = torch.tensor(accs)
+        per_split[split] = {"top-k": float(acc.mean()), "std": float(acc.std()) if len(acc) > 1 else 0.0,
+                            "min": float(acc.min()), "max": float(acc.max()),
+                            **{k: sum(r[k] for r in reads) / len(reads)
+                               for k in ("exact", "duplicate", "unrequested", "missing")}}
+    seconds = time.perf_counter() - t0
+    fake = torch.cat(images)
+    real = from_uint8(render_labels(sets, seed=render_seed))
+    floor = from_uint8(render_labels(sets, seed=render_seed + 1000))
+    return {"splits": per_split, **fid_kid(real, fake, evaluator),
+            "floor": {k: v for k, v in fid_kid(real, floor, evaluator).items() if k in ("fid", "kid")},
+            "seconds_per_32": seconds / (len(sets) / 32), "seeds": list(seeds)}

@@ -52,6 +52,16 @@ def labelled_grid(images, captions: Sequence[str], ncol: int = 8, scale: float =
     return fig
 
 
+def side_by_side(generated, truth, label_sets: Sequence[Sequence[str]], ncol: int = 8):
+    """Generated images above the ground truth of the same label sets: rows of `ncol` pairs, captioned once."""
+    g, t = _as_uint8(generated), _as_uint8(truth)
+    images, captions = [], []
+    for start in range(0, len(g), ncol):
+        images += list(g[start:start + ncol]) + list(t[start:start + ncol])
+        captions += [caption(s) for s in label_sets[start:start + ncol]] + ["ground truth"] * len(t[start:start + ncol])
+    return labelled_grid(images, captions, ncol=ncol)
+
+
 def caption(labels: Sequence[str]) -> str:
     """One caption line per object, e.g. 'red sphere\\ncyan cube'."""
     return "\n".join(labels)
