@@ -182,9 +182,10 @@ def _cmd_evaluate(args) -> int:
 
 # ---------------------------------------------------------------- run
 def _add_run(sub) -> None:
-    p = sub.add_parser("run", help="the whole pipeline: data, evaluator, training, sampling, report",
-                       description="Render data and train the evaluator if missing, then execute the "
-                                   "notebooks with papermill and write an HTML report.")
+    p = sub.add_parser("run", help="the whole pipeline: data, training, sampling, report",
+                       description="Render the synthetic data if missing, find the evaluator (the shipped one "
+                                   "for default synthetic data), then execute the notebooks with papermill and "
+                                   "write an HTML report.")
     p.add_argument("--profile", choices=PROFILES, default="quick", help="settings profile (default quick)")
     p.add_argument("--data-root", default=None, help="dataset root (default: data/iclevr if present, else data/synth)")
     p.add_argument("--out", default=None, help="run folder (default outputs/<profile>)")

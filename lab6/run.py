@@ -34,7 +34,7 @@ class RunConfig:
     seed: int = 0
     force: bool = False
     synth_scenes: int = 6000  # scenes rendered when the synthetic dataset is missing
-    max_steps: int = 0  # notebook 03's training steps; 0 = the profile's (quick: 3200, ~20 min on 2 cores)
+    max_steps: int = 0  # notebook 03's training steps; 0 = the profile's (quick: 1600, ~20 min on 2 cores)
     max_minutes: float = 0.0  # notebook 03's training time budget; 0 = the profile's (quick: 20); the first limit ends it
     ddpm_1000: bool = True  # notebook 04 compares DDPM-1000 too (quick: ~2 min for 32 images on a 2-core CPU)
 

@@ -816,7 +816,7 @@ class LossSpikeWatch:
     The loss is smoothed by an exponential moving average over about `tau` steps, fed with each logged window's
     mean (so log_every does not change it), and watched from `after` steps on (after the LR warm-up). Healthy
     runs stay within 1.12x of their lowest smoothed loss (the quick hour of 2026-11-26, 9600 steps; the shipped
-    5000-step run 1.05x; benchmarks/README.md), diverged ones rose 10-40x."""
+    5000-step run 1.05x; benchmarks/LOG.md), diverged ones rose 10-40x."""
 
     def __init__(self, after: int, factor: float = 4.0, tau: float = 50.0):
         self.after, self.factor, self.tau = after, factor, tau

@@ -87,7 +87,7 @@ def test_bad_patch_size_is_rejected():
 
 def test_parameter_counts_per_profile():
     assert count_parameters(build_model(PROFILES["tiny"].model)) < 20_000
-    assert 1_600_000 < count_parameters(build_model(PROFILES["quick"].model)) < 1_900_000  # 1.77 M on 2×2 patches
+    assert 8_000_000 < count_parameters(build_model(PROFILES["quick"].model)) < 8_800_000  # 8.39 M on 4×4 patches
     with torch.device("meta"):
         full = build_model(PROFILES["full"].model)
     assert full.label_embedding.weight.shape == (512, 24)  # the seed report's nn.Linear(24, 512)

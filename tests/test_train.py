@@ -272,7 +272,7 @@ def test_an_interrupt_inside_an_optimizer_update_saves_nothing(tmp_path, dataset
 
 def test_a_diverged_loss_stops_training_without_writing_nan_weights(tmp_path, dataset, monkeypatch):
     """Once the loss is NaN the run stops with a one-line error naming the last good checkpoint, and writes no
-    checkpoint or export after it (a GPU run of the quick recipe diverged at step 6570: benchmarks/README.md)."""
+    checkpoint or export after it (a GPU run of the quick recipe diverged at step 6570: benchmarks/LOG.md)."""
     calls = _wrap_loss(monkeypatch, lambda call, model, loss: loss * float("nan") if call >= 4 else loss)
     with pytest.raises(TrainingError, match=r"training diverged: the loss is nan by step 4; the last checkpoint "
                                             r"written, .*checkpoint-3, predates it"):
