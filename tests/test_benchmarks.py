@@ -144,12 +144,12 @@ def test_quality_profile_variants(tmp_path):
 
     from lab6.errors import ConfigError
     bq = _bench_module("bench_quality.py")
-    assert bq.profile_spec("quick+timestep_sampling=importance+lr=0.003+train.seed=1") == \
-        ("quick", {"timestep_sampling": "importance", "lr": 0.003, "train.seed": 1})
+    assert bq.profile_spec("quick+foreground_weight=3+lr=0.003+train.seed=1") == \
+        ("quick", {"foreground_weight": 3, "lr": 0.003, "train.seed": 1})
     args = Namespace(data=tmp_path, threads=None, device=None)
-    cfg = bq.train_config("quick+timestep_sampling=importance+lr=0.003+train.seed=1", tmp_path / "r", args, 5.0, 100)
+    cfg = bq.train_config("quick+foreground_weight=3+lr=0.003+train.seed=1", tmp_path / "r", args, 5.0, 100)
     base = bq.train_config("quick", tmp_path / "r", args, 5.0, 100)
-    assert (cfg.train.timestep_sampling, cfg.train.lr, cfg.train.seed, cfg.sample.seed) == ("importance", 0.003, 1, 0)
+    assert (cfg.train.foreground_weight, cfg.train.lr, cfg.train.seed, cfg.sample.seed) == (3.0, 0.003, 1, 0)
     assert (cfg.train.max_minutes, cfg.train.max_steps, cfg.train.output_dir) == (5.0, 100, str(tmp_path / "r"))
     assert cfg.model == base.model and cfg.train.min_snr_gamma == base.train.min_snr_gamma
     wide = "quick+model.block_out_channels=[64,64,64]+patch_size=2"  # a list value keeps its commas
