@@ -197,6 +197,14 @@ class CheckerTrainConfig:
     seed: int = 0
     init: str | None = None      # start from this checker's weights (fine-tuning) instead of from scratch
 
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "width"):
+            if isinstance(getattr(self, name), bool) or getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: must be >= 1")
+        if self.lr <= 0 or self.max_minutes < 0:
+            raise ConfigError(f"--lr {self.lr} / --max-minutes {self.max_minutes}: the LR must be > 0 and the "
+                              f"budget >= 0 (0 = none)")
+
 
 def _lr(progress: float, warmup: float) -> float:
     return progress / warmup if progress < warmup else 0.5 * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup)))
@@ -282,13 +290,16 @@ class _AugmentOptions:
 
 
 def main_train_checker(args) -> int:
-    """`lab6 train-checker`: render the checker's scenes into --data if missing, then train."""
+    """`lab6 train-checker`: check the options, render the checker's scenes into --data if missing, then train."""
+    options = {"epochs": args.epochs, "max_minutes": args.max_minutes, "batch_size": args.batch_size, "lr": args.lr,
+               "width": args.width, "init": args.init}
+    cfg = CheckerTrainConfig(seed=args.seed, **{k: v for k, v in options.items() if v is not None})
+    resolve_device(args.device)
+    if cfg.init is not None:
+        CountChecker(cfg.init, device="cpu")  # a missing or foreign file fails before anything is rendered
     data = Path(args.data)
     if not (data / COUNTS_FILE).is_file():
         info = write_count_dataset(data, scenes=args.scenes, seed=args.render_seed, workers=args.workers)
         print(f"{info['out']}: {info['images']} checker images in {info['scenes']} scenes", flush=True)
-    options = {"epochs": args.epochs, "max_minutes": args.max_minutes, "batch_size": args.batch_size, "lr": args.lr,
-               "width": args.width, "init": args.init}
-    cfg = CheckerTrainConfig(seed=args.seed, **{k: v for k, v in options.items() if v is not None})
     train_checker(data, out=args.out, config=cfg, device=args.device)
     return 0

@@ -62,6 +62,19 @@ def test_train_checker_end_to_end_tiny(tmp_path):
                      "--device", "cpu", "--init", str(out), "--out", str(tmp_path / "ck2.pth")]) == 0
 
 
+@pytest.mark.parametrize("option, value, message", [("--epochs", "0", "--epochs 0: must be >= 1"),
+                                                    ("--width", "0", "--width 0: must be >= 1"),
+                                                    ("--lr", "-1", "the LR must be > 0"),
+                                                    ("--init", "nothing.pth", "nothing.pth: count checker not found"),
+                                                    ("--device", "tpu", "--device 'tpu': expected cpu, cuda")])
+def test_bad_checker_options_are_one_line_errors(tmp_path, capsys, option, value, message):
+    data = tmp_path / "renders"
+    assert cli.main(["train-checker", "--data", str(data), "--scenes", "2", "--workers", "1", "--device", "cpu",
+                     option, value]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not data.exists()  # checked before anything is rendered
+
+
 def test_a_missing_or_foreign_checker_is_a_one_line_error(tmp_path):
     with pytest.raises(CheckpointError, match="nothing.pth: count checker not found; train one"):
         C.CountChecker(tmp_path / "nothing.pth")
