@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .config import PROFILES, SAMPLERS  # dataclasses only: importing them loads no torch
+from .config import DEFAULT_PROFILE, PROFILES, SAMPLERS  # dataclasses only: importing them loads no torch
 from .errors import Lab6Error
 
 
@@ -184,26 +184,35 @@ def _cmd_evaluate(args) -> int:
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="the whole pipeline: data, training, sampling, report",
                        description="Render the synthetic data if missing, find the evaluator (the shipped one "
-                                   "for default synthetic data), then execute the notebooks with papermill and "
-                                   "write an HTML report.")
-    p.add_argument("--profile", choices=PROFILES, default="quick", help="settings profile (default quick)")
+                                   "for default synthetic data), execute the notebooks with papermill and write "
+                                   "report.html (and report.pdf when Chromium is installed).")
+    p.add_argument("--profile", choices=PROFILES, default=DEFAULT_PROFILE,
+                   help=f"settings profile (default {DEFAULT_PROFILE})")
     p.add_argument("--data-root", default=None, help="dataset root (default: data/iclevr if present, else data/synth)")
     p.add_argument("--out", default=None, help="run folder (default outputs/<profile>)")
-    p.add_argument("--device", default=None, help="cpu or cuda")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--force", action="store_true", help="re-run notebooks whose outputs are already complete")
-    p.add_argument("--max-steps", type=int, default=0,
-                   help="training steps of notebook 03 (default 0: the profile's)")
-    p.add_argument("--max-minutes", type=float, default=0.0,
+    p.add_argument("--max-steps", type=int, default=None, help="training steps of notebook 03 (default: the profile's)")
+    p.add_argument("--max-minutes", type=float, default=None,
                    help="training time budget of notebook 03; the first of it and --max-steps ends training "
-                        "(default 0: the profile's)")
+                        "(default: the profile's)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="sampler of notebooks 04-05 (default: the model's)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps of notebooks 04-05 (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="guidance scale of notebooks 04-05, 1 = none (default: the model's)")
     p.add_argument("--no-ddpm-1000", action="store_true",
                    help="leave DDPM-1000 out of notebook 04's sampler comparison (quick: ~2 min on a 2-core CPU)")
     p.set_defaults(func=_cmd_run)
 
 
 def _cmd_run(args) -> int:
-    from .run import main_run
-    return main_run(args)
+    from .run import RunConfig, run_pipeline
+    run_pipeline(RunConfig(profile=args.profile, data_root=args.data_root, run_dir=args.out, device=args.device,
+                           force=args.force, max_steps=args.max_steps, max_minutes=args.max_minutes,
+                           sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+                           ddpm_1000=not args.no_ddpm_1000))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from typing import Any
 from .errors import ConfigError
 
 OUTPUT_SIZE = 64  # the course's and the evaluator's image side
+DEFAULT_PROFILE = "quick"  # the profile of `make run`, `lab6 run`, `lab6 train` and the notebooks unless told
 SAMPLERS = ("ddpm", "ddim", "dpm", "dpm-sde")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 BETA_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")

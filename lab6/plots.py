@@ -222,7 +222,8 @@ def plot_guidance_sweep(rows: dict, title: str = ""):
 
 
 def plot_confusions(results, title: str = ""):
-    """Bars of missed objects per colour and per shape, split by kind of miss (from Evaluator.breakdown)."""
+    """Bars of missed objects per colour and per shape, split by kind of miss (from Evaluator.breakdown); the kinds
+    are grey shades with hatching, so no bar colour can be read as an object colour."""
     import matplotlib.pyplot as plt
 
     from .labels import COLORS, SHAPES
@@ -243,9 +244,10 @@ def plot_confusions(results, title: str = ""):
     for ax, key in zip(axes, ("colour", "shape")):
         cats = list(by[key])
         bottom = np.zeros(len(cats))
-        for kind in kinds:
+        for i, kind in enumerate(kinds):
             v = np.array([by[key][c][kind] / max(1, wanted[key][c]) for c in cats])
-            ax.bar(cats, v, bottom=bottom, label=kind)
+            ax.bar(cats, v, bottom=bottom, label=kind, color=str(0.25 + 0.3 * i), edgecolor="black", linewidth=0.5,
+                   hatch=("", "//", "..")[i % 3])
             bottom += v
         ax.set(ylabel="missed / wanted", title=f"{title} misses by {key}".strip(), ylim=(0, max(0.05, bottom.max() * 1.15)))
         ax.tick_params(axis="x", rotation=30)

@@ -1,6 +1,7 @@
 """The headless pipeline behind `lab6 run` / `make run`: data, evaluator, notebooks, report."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -8,9 +9,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .config import DEFAULT_PROFILE, PROFILES, SAMPLERS, check_device
 from .data import DATA_DIR, PROJECT_ROOT, CourseData, default_data_root
 from .errors import CheckpointError, ConfigError, DataError, Lab6Error
-from .io import atomic_path, check_writable_dir, ensure_writable_dir, write_json
+from .io import check_writable_dir, ensure_writable_dir, write_json
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 NOTEBOOKS = (
@@ -20,36 +22,55 @@ NOTEBOOKS = (
     "04_sampling.ipynb",
     "05_results.ipynb",
 )
-REPORT_NOTEBOOK = "05_results.ipynb"
+TRAINING_NOTEBOOK = "03_training.ipynb"
 
 
 @dataclass
 class RunConfig:
-    """Options of one headless pipeline run (the papermill parameters every notebook shares)."""
+    """Options of one headless pipeline run (the papermill parameters the notebooks share); None = the default."""
 
-    profile: str = "quick"
-    data_root: str = ""  # "" = data/iclevr if it holds train.json, else data/synth
-    run_dir: str = ""  # "" = outputs/<profile>
-    device: str = ""  # "" = cuda if available, else cpu
+    profile: str = DEFAULT_PROFILE
+    data_root: str | None = None  # data/iclevr if it holds train.json, else data/synth
+    run_dir: str | None = None  # outputs/<profile>
+    device: str | None = None  # cuda if available, else cpu
     seed: int = 0
     force: bool = False
     synth_scenes: int = 6000  # scenes rendered when the synthetic dataset is missing
-    max_steps: int = 0  # notebook 03's training steps; 0 = the profile's (quick: 1600, ~20 min on 2 cores)
-    max_minutes: float = 0.0  # notebook 03's training time budget; 0 = the profile's (quick: 20); the first limit ends it
+    max_steps: int | None = None  # notebook 03's training steps (the profile's)
+    max_minutes: float | None = None  # notebook 03's time budget (the profile's); the first limit ends training
+    sampler: str | None = None  # notebooks 04-05 (the model's)
+    steps: int | None = None  # sampling steps in notebooks 04-05 (the model's)
+    guidance: float | None = None  # guidance scale in notebooks 04-05 (the model's); 1 = no guidance
     ddpm_1000: bool = True  # notebook 04 compares DDPM-1000 too (quick: ~2 min for 32 images on a 2-core CPU)
 
+    def validate(self) -> "RunConfig":
+        """Check every option once; a ConfigError names the command-line option."""
+        if self.profile not in PROFILES:
+            raise ConfigError(f"--profile: expected one of {', '.join(PROFILES)}, got {self.profile!r}")
+        check_device(self.device, "--device")
+        for opt, value in (("--max-steps", self.max_steps), ("--steps", self.steps)):
+            if value is not None and not (isinstance(value, int) and value > 0):
+                raise ConfigError(f"{opt}: expected a positive whole number, got {value}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"--max-minutes: expected a positive number of minutes, got {self.max_minutes}")
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise ConfigError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.guidance is not None and not self.guidance >= 0:
+            raise ConfigError(f"--guidance: expected a scale >= 0 (1 = no guidance), got {self.guidance}")
+        return self
+
     def resolved(self) -> "RunConfig":
-        """A copy with the empty defaults filled in and paths made absolute."""
+        """A copy with the data root and run folder filled in and made absolute."""
         data_root = Path(self.data_root) if self.data_root else default_data_root()
         run_dir = Path(self.run_dir) if self.run_dir else PROJECT_ROOT / "outputs" / self.profile
         return RunConfig(**{**asdict(self), "data_root": str(data_root.resolve()),
                             "run_dir": str(run_dir.resolve())})
 
     def notebook_parameters(self) -> dict:
-        """The flat literals injected into each notebook's `parameters` cell."""
+        """The flat literals injected into each notebook's `parameters` cell (papermill passes None as None)."""
         return {"profile": self.profile, "data_root": self.data_root, "run_dir": self.run_dir,
                 "device": self.device, "seed": self.seed, "max_steps": self.max_steps, "max_minutes": self.max_minutes,
-                "ddpm_1000": self.ddpm_1000}
+                "sampler": self.sampler, "steps": self.steps, "guidance": self.guidance, "ddpm_1000": self.ddpm_1000}
 
 
 def ensure_data(cfg: RunConfig) -> CourseData:
@@ -104,18 +125,22 @@ def _completed(executed: Path) -> bool:
     return meta.get("exception") is False or (meta.get("exception") is None and bool(meta.get("end_time")))
 
 
-def execute_notebook(name: str, cfg: RunConfig, out_dir: Path) -> Path:
-    """Execute one notebook with papermill into out_dir; a failure names the notebook and the cell."""
+def execute_notebook(name: str, cfg: RunConfig, out_dir: Path, prefix: str = "") -> Path:
+    """Execute one notebook with papermill into out_dir, printing each cell as it starts; a failure names the
+    notebook and the cell."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
+
+    from .progress import ENGINE, CellPrinter
 
     source = NOTEBOOK_DIR / name
     declared = pm.inspect_notebook(str(source))
     params = {k: v for k, v in cfg.notebook_parameters().items() if k in declared}
     target = out_dir / name
     try:
-        pm.execute_notebook(str(source), str(target), parameters=params, kernel_name="python3",
-                            cwd=str(PROJECT_ROOT), progress_bar=sys.stderr.isatty(), log_output=False)
+        pm.execute_notebook(str(source), str(target), parameters=params, kernel_name="python3", engine_name=ENGINE,
+                            on_cell=CellPrinter(prefix or name), cwd=str(PROJECT_ROOT), progress_bar=False,
+                            log_output=False)
     except PapermillExecutionError as e:
         raise Lab6Error(f"notebooks/{name} failed in cell {e.exec_count or e.cell_index}: {e.ename}: "
                         f"{str(e.evalue).splitlines()[0] if e.evalue else ''}; the partly executed notebook "
@@ -123,29 +148,12 @@ def execute_notebook(name: str, cfg: RunConfig, out_dir: Path) -> Path:
     return target
 
 
-def write_report(executed: Path, report: Path) -> None:
-    """Render the executed results notebook (outputs only, no code) as one self-contained HTML page."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    nb = nbformat.read(str(executed), as_version=4)
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nb)
-    with atomic_path(report) as tmp:
-        tmp.write_text(body, encoding="utf-8")
-
-
 def run_pipeline(cfg: RunConfig) -> Path:
-    """Data -> evaluator -> notebooks 01..05 -> report.html; returns the run folder."""
-    from .config import check_device
+    """Data -> evaluator -> notebooks 01..05 -> report.html (+ report.pdf with Chromium); returns the run folder."""
+    from .progress import TrainingWatch
+    from .report import write_report
 
-    cfg = cfg.resolved()
-    check_device(cfg.device or None, "--device")
-    if cfg.max_steps < 0:
-        raise ConfigError(f"--max-steps: expected 0 (the profile's) or a positive number of steps, got {cfg.max_steps}")
-    if not cfg.max_minutes >= 0:
-        raise ConfigError(f"--max-minutes: expected 0 (the profile's) or a positive number of minutes, "
-                          f"got {cfg.max_minutes}")
+    cfg = cfg.validate().resolved()
     check_writable_dir(cfg.run_dir)
     t0 = time.time()
     ensure_data(cfg)
@@ -159,32 +167,26 @@ def run_pipeline(cfg: RunConfig) -> Path:
         state = {}  # a corrupt state file only means every notebook runs again
     rerun = cfg.force
     for i, name in enumerate(NOTEBOOKS, 1):
+        prefix = f"[{i}/{len(NOTEBOOKS)}] {name}"
         fp = _fingerprint(NOTEBOOK_DIR / name, cfg.notebook_parameters())
         done = state.get(name) == fp and _completed(nb_dir / name)
         if done and not rerun:
-            print(f"[{i}/{len(NOTEBOOKS)}] {name}: already complete, skipped (use --force to re-run)", flush=True)
+            print(f"{prefix}: already complete, skipped (use --force to re-run)", flush=True)
             continue
         rerun = True  # everything after a re-executed notebook depends on it
-        print(f"[{i}/{len(NOTEBOOKS)}] {name}: running ...", flush=True)
+        print(f"{prefix}: running ...", flush=True)
         t = time.time()
         state.pop(name, None)
         write_json(state_path, state)
-        execute_notebook(name, cfg, nb_dir)
+        with TrainingWatch(run_dir / "train") if name == TRAINING_NOTEBOOK else contextlib.nullcontext():
+            execute_notebook(name, cfg, nb_dir, prefix)
         state[name] = fp
         write_json(state_path, state)
-        print(f"[{i}/{len(NOTEBOOKS)}] {name}: done in {time.time() - t:.0f} s", flush=True)
-    write_report(nb_dir / REPORT_NOTEBOOK, run_dir / "report.html")
-    print(f"[report] {run_dir / 'report.html'} ({time.time() - t0:.0f} s in all)", flush=True)
+        print(f"{prefix}: done in {time.time() - t:.0f} s", flush=True)
+    for path in write_report(run_dir, cfg.data_root):
+        print(f"[report] {path}", flush=True)
+    print(f"[done] {run_dir} ({time.time() - t0:.0f} s in all)", flush=True)
     return run_dir
-
-
-def main_run(args) -> int:
-    """`lab6 run`: the whole pipeline, headless."""
-    cfg = RunConfig(profile=args.profile, data_root=args.data_root or "", run_dir=args.out or "",
-                    device=args.device or "", force=args.force, max_steps=args.max_steps,
-                    max_minutes=args.max_minutes, ddpm_1000=not args.no_ddpm_1000)
-    run_pipeline(cfg)
-    return 0
 
 
 def record_metrics(run_dir: str | Path, notebook: str, metrics: dict) -> Path:

@@ -46,8 +46,11 @@ def _env():
 def tiny_run(tiny_data, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     run_dir = tmp_path_factory.mktemp("run") / "tiny"
     r = lab6_cli("run", "--profile", "tiny", "--data-root", str(tiny_data), "--out", str(run_dir), "--device", "cpu",
-                 "--max-steps", "12", "--max-minutes", "30", "--no-ddpm-1000")
+                 *RUN_ARGS)
     return run_dir, r
+
+
+RUN_ARGS = ("--max-steps", "12", "--max-minutes", "30", "--guidance", "1.5", "--no-ddpm-1000")
 
 
 def test_run_writes_every_deliverable(tiny_run):
@@ -62,8 +65,27 @@ def test_run_writes_every_deliverable(tiny_run):
         assert len(images) == 32 and Image.open(images[0]).size == (64, 64)
         assert Image.open(run_dir / "images" / f"{split}_grid.png").size == (8 * 66 + 2, 4 * 66 + 2)
     assert Image.open(run_dir / "denoising.png").size[0] > 8 * 64
+    assert "03_training.ipynb · cell 1/" in r.stdout  # progress: each cell as it starts
+    assert "Kernel is running over TCP" not in r.stdout + r.stderr
+
+
+def test_report_follows_the_lab_structure_and_stands_alone(tiny_run, tiny_data):
+    run_dir, r = tiny_run
+    assert r.returncode == 0
     report = (run_dir / "report.html").read_text()
-    assert "Accuracy" in report and report.count("<img") >= 3 and "record_metrics(" not in report
+    for section in ("1. Introduction", "2. Implementation", "3. Hyperparameters", "4. Results", "5. Ablations",
+                    "6. Discussion", "Training curve", "The 8×4 grids", "Denoising process", "ground truth"):
+        assert section in report, section
+    assert report.count("<svg") >= 4  # equations drawn offline, no MathJax
+    assert "evaluator.pth" in report  # names the evaluator of the data root
+    assert 'title="0: ' in report  # every grid image carries its labels
+    for leak in (str(REPO), str(run_dir), str(tiny_data), "PosixPath(", "<script", "http://", "https://"):
+        assert leak not in report, leak
+    from lab6.report import find_chromium
+    if find_chromium():
+        assert (run_dir / "report.pdf").read_bytes()[:5] == b"%PDF-" and "[report]" in r.stdout
+    else:
+        assert "report.pdf not written: no Chromium found" in r.stdout
 
 
 def test_run_metrics_are_recorded_and_consistent(tiny_run, tiny_data):
@@ -78,10 +100,11 @@ def test_run_metrics_are_recorded_and_consistent(tiny_run, tiny_data):
     assert (injected["max_steps"], injected["max_minutes"]) == (12, 30.0)  # the first limit ends training
     for split in ("test", "new_test", "unseen_test"):
         d = m["04_sampling"]["deliverables"][split]
+        assert d["guidance"] == 1.5  # `lab6 run --guidance` reaches notebook 04 ...
         assert 0 <= d["hits"] <= d["labels"] and d["accuracy"] == pytest.approx(d["hits"] / d["labels"], abs=1e-4)
         metrics_file = json.loads((run_dir / "images" / f"{split}_metrics.json").read_text())
         assert metrics_file["accuracy"] == pytest.approx(d["accuracy"], abs=1e-4)
-        # notebook 05 re-samples seed 0 with the same settings: the same images, so the same accuracy
+        # ... and 05: it re-samples seed 0 with the same settings, so the same images and the same accuracy
         res = m["05_results"]["accuracy"][split]
         assert res["accuracy (seed 0)"] == pytest.approx(d["accuracy"], abs=1e-6)
         assert res["min"] <= res["mean over 3 seeds"] <= res["max"]
@@ -98,7 +121,7 @@ def test_rerun_skips_complete_notebooks(tiny_run, tiny_data):
     run_dir, first = tiny_run
     assert first.returncode == 0
     r = lab6_cli("run", "--profile", "tiny", "--data-root", str(tiny_data), "--out", str(run_dir), "--device", "cpu",
-                 "--max-steps", "12", "--max-minutes", "30", "--no-ddpm-1000")
+                 *RUN_ARGS)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("already complete, skipped") == len(NOTEBOOKS)
 

@@ -1,0 +1,414 @@
+"""The lab report of a run: report.html in the lab's structure, built from the run folder, and report.pdf via Chromium.
+
+Sections: introduction, implementation, hyperparameters, results, ablations, discussion. Everything comes from
+files the notebooks wrote (`metrics.json`, `images/`, `denoising.png`, `figures/`, `train/`), the data root's label
+files and ground-truth renders, and the model's saved config. The page is self-contained: images are inlined,
+equations are drawn to SVG by matplotlib (no MathJax, no network), paths are shown relative to the project.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.font_manager import FontProperties  # noqa: E402
+from matplotlib.mathtext import math_to_image  # noqa: E402
+
+from .config import Config, config_from_dict, read_yaml  # noqa: E402
+from .data import PROJECT_ROOT, CourseData  # noqa: E402
+from .errors import CheckpointError, ConfigError  # noqa: E402
+from .evaluator import MISS_KINDS, find_evaluator  # noqa: E402
+from .io import atomic_path  # noqa: E402
+from .plots import read_metrics  # noqa: E402
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+GRID_SPLITS = ("test", "new_test")  # the lab's two graded 8x4 grids
+
+
+# ---------------------------------------------------------------- small HTML pieces
+def esc(x) -> str:
+    return html.escape(str(x))
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as the report shows it: relative to the project (or its home folder), never absolute."""
+    p = Path(path)
+    for base, prefix in ((PROJECT_ROOT, ""), (Path.home(), "~/")):
+        try:
+            return prefix + str(p.resolve().relative_to(base.resolve()))
+        except ValueError:
+            pass
+    return p.name if p.is_absolute() else str(p)
+
+
+def fmt(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return "—" if v is None else str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v))
+    return str(v)
+
+
+def table(rows: dict[str, dict], first: str) -> str:
+    """An HTML table: one row per key of `rows`, columns the union of the inner keys."""
+    cols: list[str] = []
+    for r in rows.values():
+        cols += [c for c in r if c not in cols]
+    head = "".join(f"<th>{esc(c)}</th>" for c in [first, *cols])
+    body = "".join("<tr><th>" + esc(k) + "</th>" + "".join(f"<td>{esc(fmt(r.get(c)))}</td>" for c in cols) + "</tr>"
+                   for k, r in rows.items())
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def img(path_or_bytes, alt: str, width: int | None = None, cls: str = "") -> str:
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
+    w = f' width="{width}"' if width else ""
+    c = f' class="{cls}"' if cls else ""
+    return f'<img src="{png_uri(data)}" alt="{esc(alt)}" title="{esc(alt)}"{w}{c}>'
+
+
+def fig_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def equation(tex: str) -> str:
+    """A display equation drawn by matplotlib's mathtext as inline SVG."""
+    buf = io.BytesIO()
+    math_to_image(f"${tex}$", buf, prop=FontProperties(size=15), dpi=100, format="svg")
+    svg = buf.getvalue().decode()
+    return '<div class="eq">' + svg[svg.index("<svg"):] + "</div>"
+
+
+def image_grid(folder: Path, label_sets: list[list[str]], title: str) -> str:
+    """The 8-per-row grid of <folder>/<i>.png, each image's labels in its hover title and in a numbered legend."""
+    cells = []
+    for i, labels in enumerate(label_sets):
+        f = folder / f"{i}.png"
+        cap = f"{i}: " + ", ".join(labels)
+        cells.append(img(f, cap, 64, "px") if f.exists() else f'<span class="missing">{i}</span>')
+    legend = "; ".join(f"<b>{i}</b> {esc(', '.join(s))}" for i, s in enumerate(label_sets))
+    return (f'<figure class="grid"><figcaption>{esc(title)}</figcaption><div class="cells">{"".join(cells)}</div>'
+            f'<p class="legend">{legend}</p></figure>')
+
+
+# ---------------------------------------------------------------- reading the run
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def model_config(folder: Path) -> Config | None:
+    for name in ("lab6_config.yaml", "config.yaml"):
+        if (folder / name).is_file():
+            try:
+                return config_from_dict(read_yaml(folder / name))
+            except ConfigError:
+                return None
+    return None
+
+
+def find_chromium() -> str | None:
+    """$LAB6_CHROMIUM, else the first Chromium or Chrome on PATH."""
+    given = os.environ.get("LAB6_CHROMIUM")
+    if given:
+        return shutil.which(given) or (given if Path(given).is_file() else None)
+    return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
+
+
+def print_pdf(html_path: Path, pdf_path: Path, chromium: str, timeout: float = 180) -> None:
+    """Print an HTML file to PDF with headless Chromium (written to a temp file, then renamed)."""
+    with atomic_path(pdf_path) as tmp:
+        cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+               "--no-pdf-header-footer", f"--print-to-pdf={tmp}", html_path.resolve().as_uri()]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0 or not Path(tmp).exists() or Path(tmp).stat().st_size == 0:
+            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"{chromium} could not print {html_path.name}: {tail[0]}")
+
+
+# ---------------------------------------------------------------- sections
+def implementation(cfg: Config, n_params: int | None) -> str:
+    m, s, t, p = cfg.model, cfg.schedule, cfg.train, cfg.sample
+    patch = m.patch_size or 1
+    grid = m.sample_size // patch
+    eps = s.prediction_type == "epsilon"
+    parts = ["<h2>2. Implementation</h2>", "<h3>Network</h3><ul>",
+             f"<li>A diffusers <code>UNet2DModel</code> that draws the {m.output_size}×{m.output_size} image "
+             + (f"itself, cut into {patch}×{patch} patches stacked as channels (a {grid}×{grid} grid of "
+                f"{3 * patch * patch} channels)" if patch > 1 else
+                f"at {m.sample_size}×{m.sample_size}" + (f", upsampled to {m.output_size}" if m.sample_size !=
+                                                          m.output_size else "")) + ".</li>",
+             f"<li>Channels {fmt(m.block_out_channels)}, {m.layers_per_block} ResNet layer(s) per block; blocks "
+             f"{fmt(m.down_block_types)} down, {fmt(m.up_block_types)} up (self-attention in the Attn blocks)"
+             + (f"; {n_params / 1e6:.2f} M parameters" if n_params else "") + ".</li>",
+             "<li>Conditioning: the 24-dim multi-hot label vector y goes through a learned linear layer into the "
+             "time embedding, which every ResNet block reads"
+             + (" as a FiLM scale and shift" if m.resnet_time_scale_shift == "scale_shift" else "")
+             + f". Training replaces y by zeros with probability {t.cond_drop_prob:g}, so the same network is "
+             "also unconditional (classifier-free guidance).</li></ul>",
+             "<h3>Noise schedule and forward process</h3>",
+             f"<p>{s.num_train_timesteps} steps, <code>{esc(s.beta_schedule)}</code> betas"
+             + (", rescaled to zero terminal SNR" if s.zero_terminal_snr else "") + "; with "
+             "ᾱ<sub>t</sub> = ∏ (1 − β<sub>s</sub>):</p>",
+             equation(r"x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon,"
+                      r"\quad \varepsilon \sim \mathcal{N}(0, I)"),
+             "<h3>Loss</h3>",
+             ("<p>The network predicts the noise (ε-prediction):</p>" if eps else
+              "<p>The network predicts the velocity v (v-prediction), from which ε and x̂<sub>0</sub> follow:</p>"),
+             equation(r"\mathcal{L} = \mathbb{E}_{x_0, y, t, \varepsilon}\,"
+                      + (r"\| \varepsilon - \varepsilon_\theta(x_t, t, y) \|^2" if eps else
+                         r"\| v - v_\theta(x_t, t, y) \|^2,\quad v = \sqrt{\bar\alpha_t}\,\varepsilon - "
+                         r"\sqrt{1-\bar\alpha_t}\,x_0")),
+             "<ul>",
+             f"<li>Timesteps t drawn {'uniformly' if t.timestep_sampling == 'uniform' else 'by importance'}; "
+             + (f"min-SNR-{t.min_snr_gamma:g} weights" if t.min_snr_gamma else "every timestep weighed alike")
+             + "; " + (f"object pixels weighed {1 + t.foreground_weight:g}× the background"
+                       if t.foreground_weight else "every pixel weighed alike") + ".</li>",
+             f"<li>AdamW, peak LR {t.lr:g} ({esc(t.lr_scheduler)}, {t.lr_warmup_steps} warm-up steps), batch "
+             f"{t.batch_size}, gradient clip {t.grad_clip:g}, EMA of the weights ({t.ema_decay:g}) used for "
+             f"sampling, {esc(t.mixed_precision)} mixed precision.</li></ul>",
+             "<h3>Sampling</h3>",
+             f"<p>Default sampler <code>{esc(p.sampler)}</code> with {p.num_steps} steps and guidance scale "
+             f"w = {p.guidance_scale:g}; every step combines the conditional and unconditional predictions:</p>",
+             equation(r"\hat\varepsilon = \varepsilon_\theta(x_t, t, \varnothing) + w\,(\varepsilon_\theta(x_t, t, y)"
+                      r" - \varepsilon_\theta(x_t, t, \varnothing))"),
+             "" if eps else "<p>with each ε<sub>θ</sub> read from the predicted velocity:</p>"
+             + equation(r"\varepsilon_\theta = \sqrt{\bar\alpha_t}\,v_\theta + \sqrt{1-\bar\alpha_t}\,x_t"),
+             "<p>DDPM's reverse step (Algorithm 2 of Ho et al.), which the faster samplers approximate in fewer "
+             "steps, with σ<sub>t</sub>² = β̃<sub>t</sub> = β<sub>t</sub>(1 − ᾱ<sub>t−1</sub>)/(1 − ᾱ<sub>t</sub>), "
+             "and the running estimate of the clean image shown in the denoising strip:</p>",
+             equation(r"x_{t-1} = \frac{1}{\sqrt{\alpha_t}}\left(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}"
+                      r"\hat\varepsilon\right) + \sigma_t z,\qquad \hat x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,"
+                      r"\hat\varepsilon}{\sqrt{\bar\alpha_t}}")]
+    return "\n".join(parts)
+
+
+def hyperparameters(cfg: Config) -> str:
+    """One small table per config section, side by side."""
+    skip = ("output_dir", "data_root", "device", "evaluator", "init_from", "num_threads")
+    tables = [table({k: {"value": v} for k, v in vars(getattr(cfg, section)).items() if k not in skip}, section)
+              for section in ("model", "schedule", "train", "sample")]
+    return ("<h2>3. Hyperparameters</h2><p>The model's saved configuration (<code>lab6_config.yaml</code>); "
+            "paths and the device are left out.</p><div class='cols'>" + "".join(tables) + "</div>")
+
+
+def training_curve(curves: dict[str, list[dict]]) -> bytes | None:
+    curves = {k: [r for r in v if "loss" in r] for k, v in curves.items()}
+    curves = {k: v for k, v in curves.items() if v}
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    for name, recs in curves.items():
+        ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], lw=1, label=name)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig_png(fig)
+
+
+def discussion(acc: dict, beyond: dict, breakdown: dict, ablation: dict, fid: dict) -> str:
+    """Sentences computed from the tables."""
+    out = []
+    mean_key = next((k for r in acc.values() for k in r if k.startswith("mean over")), None)
+    if acc and mean_key:
+        ranked = sorted(acc, key=lambda s: acc[s][mean_key])
+        hard, easy = ranked[0], ranked[-1]
+        out.append(f"Under the course's metric the hardest file for this model is <code>{esc(hard)}</code> "
+                   f"({acc[hard][mean_key]:.3f}, {mean_key}) and the easiest <code>{esc(easy)}</code> "
+                   f"({acc[easy][mean_key]:.3f}).")
+        gaps = {s: r["evaluator ceiling"] - r[mean_key] for s, r in acc.items() if "evaluator ceiling" in r}
+        if gaps:
+            s = max(gaps, key=gaps.get)
+            out.append(f"The largest gap to the evaluator's ceiling is {gaps[s]:.3f} on <code>{esc(s)}</code>.")
+    if beyond and acc and mean_key:
+        s = min(beyond, key=lambda k: beyond[k]["exact scenes"])
+        out.append(f"Top-k overstates how faithful the scenes are: on <code>{esc(s)}</code> only "
+                   f"{beyond[s]['exact scenes']:.0%} of the images show exactly the requested objects, while top-k "
+                   f"reads {acc[s][mean_key]:.3f}; {beyond[s]['with a duplicate']:.0%} hold a duplicate and "
+                   f"{beyond[s]['with an unrequested object']:.0%} an object nobody asked for.")
+    if breakdown:
+        kinds = {k: sum(b.get(k, 0) for b in breakdown.values()) for k in MISS_KINDS}
+        total = sum(kinds.values())
+        if total:
+            top = max(kinds, key=kinds.get)
+            out.append(f"Of the {total} top-k misses over all files, {kinds[top]} are <i>{top}</i> "
+                       f"({', '.join(f'{k} {v}' for k, v in kinds.items())}).")
+    if ablation:
+        def mean(key_start):
+            vals = [v for r in ablation.values() for k, v in r.items() if k.startswith(key_start)]
+            return sum(vals) / len(vals) if vals else None
+        g, ng, nl = mean("labels + guidance"), mean("labels, no guidance"), mean("no labels")
+        if None not in (g, ng, nl):
+            out.append(f"Averaged over the files, guidance moves accuracy from {ng:.3f} (w = 1) to {g:.3f}, and "
+                       f"without labels the model scores {nl:.3f}: the label embedding carries "
+                       f"{ng - nl:+.3f} and guidance {g - ng:+.3f}.")
+    if fid and "fid" in fid and "floor" in fid:
+        out.append(f"FID on the evaluator's features is {fid['fid']:.1f} against a floor of "
+                   f"{fid['floor']['fid']:.1f} for two renders of the same label sets: "
+                   f"{fid['fid'] / max(fid['floor']['fid'], 1e-9):.1f}× the floor.")
+    return "<h2>6. Discussion</h2>" + "".join(f"<p>{s}</p>" for s in out)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;
+color:#222;line-height:1.45}
+h1{font-size:1.7rem}h2{border-bottom:1px solid #ccc;padding-bottom:.2rem;margin-top:2rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.85rem}th,td{border:1px solid #ccc;padding:.2rem .5rem;
+text-align:right}th:first-child{text-align:left}thead th{background:#f2f2f2}
+.eq{margin:.5rem 0 .5rem 1.5rem}.eq svg{max-width:100%;height:auto}
+img.px{image-rendering:pixelated;margin:1px}.grid{display:inline-block;vertical-align:top;margin:0 1rem 1rem 0}
+.grid .cells{width:540px}.legend{font-size:.62rem;width:540px;color:#444}figcaption{font-weight:600}
+.note{color:#555;font-size:.9rem}.cols{display:flex;flex-wrap:wrap;gap:0 1.2rem;align-items:flex-start}code{background:#f4f4f4;padding:0 .2rem}
+@page{size:A4;margin:14mm}@media print{body{margin:0;max-width:none}h2{break-after:avoid}
+figure,table{break-inside:avoid}}
+"""
+
+
+def build_report(run_dir: str | os.PathLike, data_root: str | os.PathLike) -> str:
+    """The report's HTML for a finished run."""
+    run, data = Path(run_dir), CourseData(data_root)
+    metrics = read_json(run / "metrics.json")
+    m1, m3, m4, m5 = (metrics.get(k, {}) for k in ("01_data", "03_training", "04_sampling", "05_results"))
+    model_dir = Path(m4["model"]) if m4.get("model") else run / "train"
+    cfg = model_config(model_dir if (model_dir / "lab6_config.yaml").exists() else model_dir / "pipeline")
+    origin = m4.get("model_origin", "")
+    shipped = "shipped" in origin
+    try:
+        evaluator = shown_path(find_evaluator(data_root=data.root))
+    except CheckpointError:
+        evaluator = "—"
+    live_cfg = model_config(run / "train")
+    s = [f"<!doctype html><html><head><meta charset='utf-8'><title>Lab 6 report: conditional DDPM</title>"
+         f"<style>{CSS}</style></head><body>",
+         "<h1>Lab 6 — a conditional DDPM for CLEVR-style scenes</h1>"]
+    # 1. Introduction
+    s += ["<h2>1. Introduction</h2>",
+          "<p>A denoising diffusion model (DDPM) learns to turn Gaussian noise into a 64×64 scene that holds a "
+          "given set of 1–3 objects out of 24 (3 shapes × 8 colours). A multi-label ResNet-18, the evaluator, "
+          "scores each image by its top-k classes (k = number of requested objects); accuracy is hits / labels "
+          "pooled over a test file.</p><ul>",
+          f"<li>Data: <code>{esc(shown_path(data.root))}</code>, {m1.get('train_images', len(data.train))} "
+          f"training images; test files {', '.join(f'<code>{esc(x)}.json</code>' for x in data.splits())}.</li>",
+          f"<li>Evaluator: <code>{esc(evaluator)}</code>.</li>",
+          f"<li>Model behind every sampled figure: {esc(origin.split(' (')[0].split(':')[0])} "
+          f"(<code>{esc(shown_path(model_dir))}</code>).</li>"]
+    if m3:
+        s.append(f"<li>Trained live in this run (notebook 03): {m3.get('steps', '?')} steps, final loss "
+                 f"{fmt(m3.get('final_loss'))}, {fmt(m3.get('img_per_s'))} img/s.</li>")
+    s.append("</ul>")
+    # 2-3. Implementation, hyperparameters
+    if cfg is not None:
+        from .model import build_model, count_parameters
+        s += [implementation(cfg, count_parameters(build_model(cfg.model))), hyperparameters(cfg)]
+    # 4. Results
+    s.append("<h2>4. Results</h2>")
+    curves = {}
+    if shipped and (model_dir / "metrics.jsonl").exists():
+        curves["shipped model (its last training stage)"] = read_metrics(model_dir / "metrics.jsonl")
+    if (run / "train" / "metrics.jsonl").exists():
+        curves["trained live in this run"] = read_metrics(run / "train" / "metrics.jsonl")
+    curve = training_curve(curves)
+    if curve:
+        s += ["<h3>Training curve</h3>", img(curve, "training loss against step")]
+    acc = m5.get("accuracy", {})
+    if acc:
+        s += ["<h3>Accuracy (the course's top-k metric)</h3>",
+              "<p class='note'>Per test file: the graded run (seed of notebook 04), the mean and spread over "
+              "sampling seeds, and the evaluator's own accuracy on ground-truth renders of the same label sets "
+              "(its ceiling), where the data has them.</p>", table(acc, "file")]
+    beyond = m5.get("beyond_top_k", {})
+    fid = m5.get("fid", {})
+    if beyond:
+        s += ["<h3>Beyond top-k: exact scenes and FID</h3>", table(beyond, "file")]
+        if fid:
+            s.append(f"<p>FID {fid['fid']:.1f} (floor {fid['floor']['fid']:.1f}), KID {fid['kid']:.4f} (floor "
+                     f"{fid['floor']['kid']:.4f}) on {fid['fake']} generated images against {fid['real']} renders, "
+                     "on the evaluator's pooled features.</p>")
+    s.append("<h3>The 8×4 grids</h3><p class='note'>Hover an image for its labels; the legend lists them by "
+             "index. Ground truth: renders of the same label sets.</p>")
+    for split in GRID_SPLITS:
+        if split not in data.splits():
+            continue
+        sets = data.label_sets(split)
+        d = m4.get("deliverables", {}).get(split, {})
+        title = f"{split}.json, generated — accuracy {fmt(d.get('accuracy'))}"
+        s.append(image_grid(run / "images" / split, sets, title))
+        if (data.root / f"{split}_gt").is_dir():
+            s.append(image_grid(data.root / f"{split}_gt", sets, f"{split}.json, ground truth"))
+    samples = sorted((run / "train" / "samples").glob("test-step-*.png"),
+                     key=lambda p: int(p.stem.rsplit("-", 1)[-1]) if p.stem.rsplit("-", 1)[-1].isdigit() else 0)
+    if shipped and samples:
+        s += ["<h3>The live model beside the shipped one</h3>",
+              f"<p class='note'>The model trained in this run ({esc(samples[-1].stem)}, its validation sampler) "
+              "on the first label sets of test.json; the grids above are the shipped model's.</p>",
+              img(samples[-1], "live model, validation grid", 540, "px")]
+    if (run / "denoising.png").exists():
+        s += ["<h3>Denoising process</h3><p class='note'>[\"red sphere\", \"cyan cylinder\", \"cyan cube\"]: "
+              "x<sub>t</sub> from noise (left) to the image (right).</p>", img(run / "denoising.png", "denoising")]
+    if m5.get("breakdown"):
+        s += ["<h3>Error analysis</h3>", table(m5["breakdown"], "file")]
+    # 5. Ablations
+    s.append("<h2>5. Ablations</h2>")
+    if m5.get("ablation"):
+        s += ["<p>Each row re-samples every test file with the same seed: the default sampler and guidance, the "
+              "conditional model alone (w = 1), and no labels at all (chance level).</p>",
+              table(m5["ablation"], "file")]
+        figs = sorted((run / "figures").glob("ablation-*.png"))
+        s += [f"<figure class='grid'><figcaption>{esc(f.stem.split('-', 2)[-1].replace('_', ' '))}"
+              f"</figcaption>{img(f, f.stem, 540, 'px')}</figure>" for f in figs]
+    if m4.get("samplers"):
+        rows = {k: {c: v for c, v in r.items() if c in ("steps", "accuracy", "seconds")}
+                for k, r in m4["samplers"].items()}
+        s += ["<h3>Samplers</h3>", table(rows, "sampler")]
+    if m4.get("guidance"):
+        s += ["<h3>Guidance scale</h3>", table({f"w = {w}": {sp: v[w] for sp, v in m4["guidance"].items()}
+                                                 for w in next(iter(m4["guidance"].values()))}, "guidance")]
+    s.append(discussion(acc, beyond, m5.get("breakdown", {}), m5.get("ablation", {}), fid))
+    if live_cfg is not None and cfg is not None and shipped:
+        s.append("<p class='note'>The live model of this run uses the same profile's network; its training budget "
+                 f"here was {live_cfg.train.max_steps} steps or {fmt(live_cfg.train.max_minutes)} minutes.</p>")
+    s.append("</body></html>")
+    return "\n".join(s)
+
+
+def write_report(run_dir: str | os.PathLike, data_root: str | os.PathLike, pdf: bool = True) -> list[Path]:
+    """Write run_dir/report.html and, when Chromium is found, report.pdf; returns the files written."""
+    run = Path(run_dir)
+    out = run / "report.html"
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(build_report(run, data_root), encoding="utf-8")
+    written = [out]
+    if pdf:
+        chromium = find_chromium()
+        if chromium is None:
+            print("[report] report.pdf not written: no Chromium found (install it, e.g. `apt-get install "
+                  "chromium`, or set LAB6_CHROMIUM to its path)", flush=True)
+        else:
+            try:
+                print_pdf(out, run / "report.pdf", chromium)
+                written.append(run / "report.pdf")
+            except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
+                print(f"[report] warning: report.pdf not written: {e}", flush=True)
+    return written
