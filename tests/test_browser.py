@@ -1,6 +1,6 @@
 """The notebooks' widgets in a real JupyterLab, driven by headless Chromium through playwright.
 
-A session fixture renders a tiny synthetic dataset and trains a tiny model with the CLI; another starts
+A module fixture renders a tiny synthetic dataset and trains a tiny model with the CLI; another starts
 JupyterLab on a free 127.0.0.1 port with a token, serving a temp folder that holds parameterised copies of
 notebooks 02 and 04 set to the `lab6` kernel. Notebook 02 runs whole; notebook 04 is a trimmed copy that keeps
 only the setup, parameters and imports cells and the picker's cell (the rest samples every test file and
@@ -64,7 +64,7 @@ def _cli(*args) -> None:
     assert r.returncode == 0, f"lab6 {' '.join(map(str, args))} failed:\n{r.stdout[-1500:]}{r.stderr[-2500:]}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
     """(dataset, exported pipeline): 4 default synthetic scenes (the shipped evaluator reads them) and a tiny
     model trained for 2 steps."""
@@ -82,17 +82,19 @@ def _free_port() -> int:
 
 
 SETTINGS = {  # no news toast over the widgets; every cell in the DOM (no windowing)
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": '{"fetchNews": "false", "checkForUpdates": false}',
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings":
+        '{"fetchNews": "false", "checkForUpdates": false}',
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": '{"windowingMode": "none"}',
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def jupyterlab(tmp_path_factory):
-    """(base URL, token, served folder) of a JupyterLab on 127.0.0.1; stopped at teardown whatever happens."""
+    """(base URL, token, served folder) of a JupyterLab on 127.0.0.1; stopped at teardown whatever happens
+    (module scope: its kernels do not stay loaded through the rest of the session)."""
     from jupyter_client.kernelspec import find_kernel_specs
     if KERNEL not in find_kernel_specs():
-        pytest.fail(f"no `{KERNEL}` Jupyter kernel: `make setup` installs it (ipykernel install --sys-prefix --name lab6)")
+        pytest.fail(f"no `{KERNEL}` Jupyter kernel: `make setup` installs it (ipykernel install --name lab6)")
     base = tmp_path_factory.mktemp("jupyterlab")
     served, settings = base / "served", base / "settings"
     served.mkdir()
@@ -120,7 +122,8 @@ def jupyterlab(tmp_path_factory):
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    pytest.fail(f"JupyterLab did not answer on {url} in {SERVER_START_S} s; log: {base / 'jupyterlab.log'}")
+                    pytest.fail(f"JupyterLab did not answer on {url} in {SERVER_START_S} s; "
+                                f"log: {base / 'jupyterlab.log'}")
                 time.sleep(0.5)
         yield url, token, served
     finally:
@@ -226,6 +229,9 @@ def browser(tmp_path):
 
 
 def test_forward_slider_and_label_picker_in_jupyterlab(browser, jupyterlab, tiny_model, tmp_path):
+    """Notebook 02 whole, then a trimmed notebook 04 (setup, parameters, imports, picker): see the module doc."""
+    from playwright.sync_api import expect
+
     url, token, served = jupyterlab
     ds, model = tiny_model
     page = browser.page
@@ -235,7 +241,8 @@ def test_forward_slider_and_label_picker_in_jupyterlab(browser, jupyterlab, tiny
     nb02 = _copy("02_forward_noising.ipynb", served, common)
     browser.run_notebook(url, token, nb02)
     with browser.step("02-find-slider"):
-        slider = page.locator(".widget-slider").filter(has=page.locator(".widget-label", has_text=re.compile(r"^\s*t\s*$"))).last
+        t_label = page.locator(".widget-label", has_text=re.compile(r"^\s*t\s*$"))  # the slider's description
+        slider = page.locator(".widget-slider").filter(has=t_label).last
         box = page.locator(".widget-vbox").filter(has=slider).last
         image, readout = box.locator(".widget-image").first, slider.locator(".widget-readout")
         slider.scroll_into_view_if_needed()
@@ -252,19 +259,22 @@ def test_forward_slider_and_label_picker_in_jupyterlab(browser, jupyterlab, tiny
                                arg=[readout.element_handle(), t0])
         t1 = int(readout.inner_text())
         box.get_by_text(f"t = {t1} ").wait_for()  # the caption, written by the kernel for the new t
-        page.wait_for_function("([img, src]) => img.getAttribute('src') !== src && img.complete", arg=[image.element_handle(), src0])
+        page.wait_for_function("([img, src]) => img.getAttribute('src') !== src && img.complete",
+                               arg=[image.element_handle(), src0])
         diff = np.abs(_png(image) - pixels0).mean()
         assert diff > 5, f"the image barely changed from t={t0} to t={t1} (mean |diff| {diff:.2f} of 255)"
 
     # Notebook 04 (trimmed): choose two objects, press Generate, four samples appear.
-    nb04 = _copy("04_sampling.ipynb", served, dict(common, model=str(model), compare_samplers=False, ddpm_1000=False),
-                 keep=lambda src: "PROJECT_ROOT" in src or "label_picker" in src)
+    params04 = dict(common, model=str(model), compare_samplers=False, ddpm_1000=False)
+    nb04 = _copy("04_sampling.ipynb", served, params04,
+                 keep=lambda src: any(k in src for k in ("PROJECT_ROOT", "load_pipeline", "label_picker")))
     browser.run_notebook(url, token, nb04)
     with browser.step("04-pick-labels"):
         generate = page.get_by_role("button", name="Generate")
         picker = page.locator(".widget-vbox").filter(has=generate).last
+        generate.wait_for()
         selects = picker.locator(".widget-dropdown select")
-        assert selects.count() == 6, f"expected 3 (colour, shape) rows of dropdowns, found {selects.count()} dropdowns"
+        expect(selects).to_have_count(6)  # 3 rows of (colour, shape)
         for i, value in enumerate(["blue", "cube", "-", "sphere", "yellow", "cylinder"]):
             selects.nth(i).select_option(value)
     with browser.step("04-generate"):
