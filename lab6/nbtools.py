@@ -1,4 +1,4 @@
-"""Keep the committed notebooks clean: outputs only where nbval checks them (`# NBVAL_CHECK_OUTPUT`).
+"""Keep the committed notebooks clean: outputs only where nbval checks them (the `nbval-check-output` cell tag).
 
     python -m lab6.nbtools check            # exit 1 if a committed notebook carries stray outputs
     python -m lab6.nbtools refresh RUN_DIR  # copy checked outputs from executed notebooks in RUN_DIR/notebooks
@@ -14,12 +14,12 @@ import nbformat
 from .io import write_text
 from .run import NOTEBOOK_DIR, NOTEBOOKS
 
-CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+CHECK_TAG = "nbval-check-output"  # nbval compares these cells' outputs (with --nbval-lax)
 
 
 def is_checked(cell) -> bool:
-    """True for a code cell whose output nbval compares."""
-    return cell.cell_type == "code" and CHECK_MARK in cell.source
+    """True for a code cell whose output nbval compares: one tagged `nbval-check-output`."""
+    return cell.cell_type == "code" and CHECK_TAG in cell.get("metadata", {}).get("tags", [])
 
 
 def problems(nb, name: str = "notebook") -> list[str]:
@@ -45,7 +45,9 @@ def problems(nb, name: str = "notebook") -> list[str]:
         if c.cell_type != "code":
             continue
         if c.get("outputs") and not is_checked(c):
-            out.append(f"{name}: cell {i} has outputs but is not marked {CHECK_MARK}")
+            out.append(f"{name}: cell {i} has outputs but is not tagged {CHECK_TAG}")
+        if "NBVAL_CHECK_OUTPUT" in c.source:
+            out.append(f"{name}: cell {i} has a # NBVAL_CHECK_OUTPUT comment; use the {CHECK_TAG} cell tag")
         if c.get("execution_count") is not None and not is_checked(c):
             out.append(f"{name}: cell {i} has an execution count")
     return out

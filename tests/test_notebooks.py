@@ -33,7 +33,12 @@ def test_problems_detects_stray_outputs():
     c = nbformat.v4.new_code_cell("print(1)")
     c.outputs = [nbformat.v4.new_output("stream", text="1\n")]
     nb.cells = [p, c]
-    assert problems(nb, "nb") == ["nb: cell 1 has outputs but is not marked # NBVAL_CHECK_OUTPUT"]
+    assert problems(nb, "nb") == ["nb: cell 1 has outputs but is not tagged nbval-check-output"]
     assert problems(strip(nb), "nb") == []
+    c.outputs = [nbformat.v4.new_output("stream", text="1\n")]
+    c.metadata["tags"] = ["nbval-check-output"]
+    assert problems(nb, "nb") == [] and strip(nb).cells[1].outputs  # a tagged cell keeps its output
+    c.source = "# NBVAL_CHECK_OUTPUT\nprint(1)"
+    assert "use the nbval-check-output cell tag" in problems(nb, "nb")[0]
     p.source = "x = f(1)"
     assert "may hold only `name = literal` lines" in problems(nb, "nb")[0]

@@ -147,7 +147,7 @@ def test_failing_notebook_names_itself_and_keeps_the_partial_notebook(tiny_data,
 
 def test_nbval_checked_outputs(tiny_data, tmp_path):
     """nbval (--nbval-lax) re-executes each committed notebook with tiny parameters and compares the
-    outputs of the cells marked # NBVAL_CHECK_OUTPUT with the committed ones."""
+    outputs of the cells tagged nbval-check-output with the committed ones."""
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
