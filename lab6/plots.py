@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -70,21 +71,35 @@ def caption(labels: Sequence[str]) -> str:
 def plot_label_stats(stats: dict, title: str = ""):
     """Bar chart of class frequencies and a heat map of co-occurrences (from data.label_stats)."""
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     from .labels import OBJECTS
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [1.3, 1]})
-    ax1.bar(range(len(OBJECTS)), stats["class_counts"], color=[_swatch(n) for n in OBJECTS], edgecolor="k")
-    ax1.set_xticks(range(len(OBJECTS)), OBJECTS, rotation=90, fontsize=7)
+    n = len(OBJECTS)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(16, 7.5), gridspec_kw={"width_ratios": [1, 1.15]})
+    ax1.bar(range(n), stats["class_counts"], color=[_swatch(o) for o in OBJECTS], edgecolor="k")
+    ax1.set_xticks(range(n), OBJECTS, rotation=90, fontsize=9)
     ax1.set_ylabel("images containing the object")
     ax1.set_title(f"{title} class frequency".strip())
-    co = stats["cooccurrence"].astype(float).copy()
-    co[range(len(OBJECTS)), range(len(OBJECTS))] = float("nan")
-    im = ax2.imshow(co, cmap="viridis")
-    ax2.set_xticks(range(len(OBJECTS)), OBJECTS, rotation=90, fontsize=6)
-    ax2.set_yticks(range(len(OBJECTS)), OBJECTS, fontsize=6)
-    ax2.set_title(f"{title} co-occurrence (off-diagonal)".strip())
-    fig.colorbar(im, ax=ax2, fraction=0.046)
+    co = stats["cooccurrence"].astype(float).copy()  # (24, 24); the diagonal holds the class counts
+    co[range(n), range(n)] = float("nan")  # an object never pairs with itself: a label set has distinct objects
+    never = co == 0
+    co[never] = float("nan")
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("white")
+    im = ax2.imshow(co, cmap=cmap)
+    for i in range(n):  # the diagonal, hatched: no data by definition
+        ax2.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, facecolor="0.85", hatch="////", edgecolor="0.5", lw=0))
+    ys, xs = np.nonzero(never)
+    ax2.scatter(xs, ys, marker="x", color="crimson", s=22, lw=1.2)
+    ax2.set_xticks(range(n), OBJECTS, rotation=90, fontsize=8)
+    ax2.set_yticks(range(n), OBJECTS, fontsize=8)
+    ax2.set_title(f"{title} co-occurrence of object pairs".strip())
+    cb = fig.colorbar(im, ax=ax2, fraction=0.046, pad=0.02)
+    cb.set_label("images holding both objects")
+    ax2.legend(handles=[Patch(facecolor="0.85", hatch="////", edgecolor="0.5", label="same object (no pair)"),
+                        plt.Line2D([], [], marker="x", color="crimson", ls="", label=f"never together ({never.sum() // 2} pairs)")],
+               loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=9, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -127,7 +142,6 @@ class Table:
 def read_metrics(path) -> list[dict]:
     """Records of a metrics.jsonl file (one JSON object per line; a torn last line is skipped)."""
     import json
-    from pathlib import Path
 
     rows = []
     for line in Path(path).read_text().splitlines():
@@ -161,11 +175,22 @@ def plot_training(records: list[dict], title: str = ""):
             ax2.set_ylabel("learning rate", color="gray")
     if acc_keys:
         ax = axes[0, 1]
-        for k in acc_keys:
-            pts = [(r["step"], r[k]) for r in records if k in r]
-            ax.plot(*zip(*pts), marker="o", label=k.removesuffix("_acc"))
-        ax.set(xlabel="step", ylabel="evaluator accuracy", ylim=(0, 1.02), title="validation accuracy")
-        ax.legend()
+        steps = sorted({r["step"] for r in records if any(k in r for k in acc_keys)})
+        if len(steps) <= 3:  # a line through two or three points says little: bars with their values
+            width = 0.8 / len(acc_keys)
+            for j, k in enumerate(acc_keys):
+                by_step = {r["step"]: r[k] for r in records if k in r}
+                x = np.arange(len(steps)) + (j - (len(acc_keys) - 1) / 2) * width
+                bars = ax.bar(x, [by_step.get(s, np.nan) for s in steps], width, label=k.removesuffix("_acc"))
+                ax.bar_label(bars, fmt="%.2f", fontsize=8)
+            ax.set_xticks(range(len(steps)), [f"step {s}" for s in steps])
+            ax.set(ylabel="evaluator accuracy", ylim=(0, 1.1), title="validation accuracy")
+        else:
+            for k in acc_keys:
+                pts = [(r["step"], r[k]) for r in records if k in r]
+                ax.plot(*zip(*pts), marker="o", label=k.removesuffix("_acc"))
+            ax.set(xlabel="step", ylabel="evaluator accuracy", ylim=(0, 1.02), title="validation accuracy")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -194,26 +219,38 @@ def plot_sampler_comparison(rows: dict, title: str = ""):
     """Accuracy and seconds per sampler setting (rows from compare.sampler_comparison)."""
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     names = list(rows)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.2))
-    a1.bar(names, [rows[n]["accuracy"] for n in names], color="tab:blue")
-    a1.set(ylabel="evaluator accuracy", ylim=(0, 1), title=f"{title} accuracy".strip())
-    a2.bar(names, [rows[n]["seconds"] for n in names], color="tab:orange")
-    a2.set(ylabel="seconds", yscale="log", title="wall time for the whole label file")
+    bars = a1.bar(names, [rows[n]["accuracy"] for n in names], color="tab:blue")
+    a1.bar_label(bars, fmt="%.2f", fontsize=8)
+    a1.set(ylabel="evaluator accuracy", ylim=(0, 1.08), title=f"{title} accuracy".strip())
+    bars = a2.bar(names, [rows[n]["seconds"] for n in names], color="tab:orange")
+    a2.bar_label(bars, fmt="%.3g", fontsize=8)
+    a2.set(ylabel="seconds (log scale)", yscale="log", title="wall time for the whole label file")
+    a2.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # 1, 2, 5, 10, 20, ...: plain numbers, no 6x10^0
+    a2.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    a2.yaxis.set_minor_formatter(NullFormatter())
+    secs = [rows[n]["seconds"] for n in names]
+    a2.set_ylim(min(secs) / 2, max(secs) * 2.5)  # room for the labels above the bars
     for ax in (a1, a2):
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     return fig
 
 
-def plot_guidance_sweep(rows: dict, title: str = ""):
-    """Accuracy against classifier-free guidance scale (rows from compare.guidance_sweep), one line per split."""
+def plot_guidance_sweep(rows: dict, title: str = "", default: float | None = None):
+    """Accuracy against classifier-free guidance scale (rows from compare.guidance_sweep), one line per split;
+    `default`: the model's own guidance scale, marked with a vertical line."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for split, by_scale in rows.items():
         scales = sorted(by_scale)
         ax.plot(scales, [by_scale[w]["accuracy"] for w in scales], marker="o", label=split)
+    if default is not None:
+        ax.axvline(default, color="gray", ls=":", lw=1.2, label=f"model default w = {default:g}")
     ax.set(xlabel="guidance scale w (1 = no guidance)", ylabel="evaluator accuracy", ylim=(0, 1.02),
            title=f"{title} guidance sweep".strip())
     ax.legend()
@@ -256,6 +293,29 @@ def plot_confusions(results, title: str = ""):
     return fig
 
 
+def validation_grids(folder, split: str = "test") -> list[tuple[int, Path]]:
+    """(step, path) of the fixed-seed validation grids `<split>-step-<step>.png` in a run's samples/, by step."""
+    import re
+
+    found = [(int(m.group(1)), f) for f in Path(folder).glob(f"{split}-step-*.png")
+             if (m := re.fullmatch(rf"{re.escape(split)}-step-(\d+)\.png", f.name))]
+    return sorted(found)
+
+
+def plot_first_last_grids(grids: Sequence[tuple[int, Path]], title: str = ""):
+    """The first and the last validation grid (from validation_grids) one above the other, titled by step."""
+    import matplotlib.pyplot as plt
+
+    shown = list(grids[:1]) + list(grids[-1:]) if len(grids) > 1 else list(grids)
+    fig, axes = plt.subplots(len(shown), 1, figsize=(9, 4.8 * len(shown)), squeeze=False)
+    for ax, (step, path) in zip(axes[:, 0], shown):
+        ax.imshow(Image.open(path), interpolation="nearest")
+        ax.set_title(f"{title} step {step}".strip(), fontsize=10)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
 class LivePlot:
     """A training callback that redraws the loss curve in a notebook every `every` logged records."""
 
@@ -281,6 +341,13 @@ class LivePlot:
             self._handle.update(fig)
         plt.close(fig)
         return fig
+
+    def finish(self, records: list[dict] | None = None):
+        """Draw the final curve once: over the live figure if there is one, else as a new output.
+        `records`: the whole run's (e.g. read_metrics of metrics.jsonl, which a resumed run's callback lacks)."""
+        if records is not None:
+            self.records = list(records)
+        return self.draw()
 
 
 def save_figure(fig, path, dpi: int = 120) -> None:

@@ -127,22 +127,35 @@ def _label(schedule) -> str:
 
 
 def plot_alphas_cumprod(schedules=None, log_snr: bool = True):
-    """Figure of alpha-bar_t (and log SNR) against t; `schedules`: {name: ScheduleConfig} or a list of them."""
+    """Figure of alpha-bar_t (and log SNR) against t; `schedules`: {name: ScheduleConfig} or a list of them.
+
+    Each schedule gets its own line style, so curves that coincide stay visible; a schedule whose SNR reaches 0
+    (zero terminal SNR) has log SNR = -inf at its last step, drawn as an arrow at the bottom of the panel.
+    """
     import matplotlib.pyplot as plt
 
     named = _named(schedules)
+    styles = [dict(lw=1.6), dict(lw=3.5, alpha=0.45), dict(lw=1.6, ls="--"), dict(lw=1.4, ls=":")]
     ncols = 2 if log_snr else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 3.4), squeeze=False)
-    for name, s in named.items():
+    fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 3.6), squeeze=False)
+    for k, (name, s) in enumerate(named.items()):
         a = alphas_cumprod(s)
         t = torch.arange(len(a))
-        axes[0, 0].plot(t, a, label=name)
+        line, = axes[0, 0].plot(t, a, label=name, **styles[k % len(styles)])
         if log_snr:
-            axes[0, 1].plot(t, torch.log(a / (1 - a)), label=name)
+            finite = a > 0
+            ls = torch.log(a[finite] / (1 - a[finite]))
+            axes[0, 1].plot(t[finite], ls, label=name, color=line.get_color(), **styles[k % len(styles)])
+            if not finite.all():
+                axes[0, 1].annotate(r"$-\infty$ at t=" + f"{int(t[~finite][0])}", xy=(float(t[~finite][0]), 0.0),
+                                    xycoords=("data", "axes fraction"), xytext=(-58, 22), textcoords="offset points",
+                                    color=line.get_color(), fontsize=8, arrowprops=dict(arrowstyle="->",
+                                                                                        color=line.get_color()))
     axes[0, 0].set(xlabel="t", ylabel=r"$\bar\alpha_t$", title=r"$\bar\alpha_t$: fraction of signal variance")
-    axes[0, 0].legend()
+    axes[0, 0].legend(fontsize=8)
     if log_snr:
         axes[0, 1].set(xlabel="t", ylabel=r"$\log(\bar\alpha_t / (1-\bar\alpha_t))$", title="log SNR")
+        axes[0, 1].legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     return fig
 
