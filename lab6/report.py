@@ -47,7 +47,7 @@ def shown_path(path: str | os.PathLike) -> str:
             return prefix + str(p.resolve().relative_to(base.resolve()))
         except ValueError:
             pass
-    return p.name if p.is_absolute() else str(p)
+    return str(Path(*p.parts[-2:])) if p.is_absolute() else str(p)
 
 
 def fmt(v) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from .config import DEFAULT_PROFILE, PROFILES, SAMPLERS, check_device
 from .data import DATA_DIR, PROJECT_ROOT, CourseData, default_data_root
 from .errors import CheckpointError, ConfigError, DataError, Lab6Error
+from .evaluator import is_default_synth
 from .io import check_writable_dir, ensure_writable_dir, write_json
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -201,12 +202,13 @@ def record_metrics(run_dir: str | Path, notebook: str, metrics: dict) -> Path:
 PRETRAINED_DIR = PROJECT_ROOT / "pretrained"
 
 
-def run_model(profile: str, run_dir: str | Path, model: str = "") -> tuple[Path, str]:
-    """(model folder, where it came from) for notebooks 04-05: an explicit path, the model shipped for the
-    profile in pretrained/<profile>/, else the model trained in this run (run_dir/train)."""
+def run_model(profile: str, run_dir: str | Path, model: str | None = None,
+              data_root: str | Path | None = None) -> tuple[Path, str]:
+    """(model folder, where it came from) for notebooks 04-05: an explicit path; for the default synthetic data
+    the model shipped for the profile in pretrained/<profile>/; else the model trained in this run (run_dir/train)."""
     if model:
         return Path(model), f"given: {model}"
     shipped = PRETRAINED_DIR / profile
-    if (shipped / "model_index.json").exists():
+    if (shipped / "model_index.json").exists() and is_default_synth(data_root or default_data_root()):
         return shipped, f"shipped model pretrained/{profile} (trained with lab6 train; see its TRAINING.md)"
     return Path(run_dir) / "train", f"trained live in this run ({Path(run_dir) / 'train'})"
