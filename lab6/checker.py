@@ -24,7 +24,8 @@ from . import labels as L
 from . import synth as S
 from .data import PROJECT_ROOT, from_uint8, load_images
 from .errors import CheckpointError, ConfigError, DataError
-from .evaluator import ResNet18, augment, resolve_device
+from .devices import resolve_device
+from .evaluator import ResNet18, augment
 from .io import atomic_path, check_writable_dir, ensure_writable_dir, write_json
 
 COUNTS = 4  # count classes per object: 0, 1, 2, 3 or more

@@ -2,16 +2,21 @@
 
 Exit codes: 0 success, 1 bad input or failed step (a one-line message on stderr), 2 usage error.
 Add `--debug` before the command to see the full traceback of a failure.
+
+Each command imports what it runs inside its `_cmd_*` function: the only lazy imports in lab6, so that
+`lab6 --help` and a usage error load no torch. OpenMP's wait policy is set once, by `import lab6`
+(lab6/__init__.py), before any command loads torch.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
-from .config import DEFAULT_PROFILE, PROFILES, SAMPLERS  # dataclasses only: importing them loads no torch
-from .errors import Lab6Error
+from .config import DEFAULT_PROFILE, PROFILES, SAMPLERS, Config, build_config, check_device, check_guidance_scale
+from .errors import ConfigError, Lab6Error
 
 
 # ---------------------------------------------------------------- synth
@@ -66,10 +71,6 @@ def _add_train_evaluator(sub) -> None:
 
 
 def _cmd_train_evaluator(args) -> int:
-    import os
-    # Idle OpenMP threads sleep instead of spinning (read when torch loads): on a CPU shared with other
-    # work, spinning threads slowed training steps 12x here.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .evaluator import EvaluatorTrainConfig, train_evaluator
     options = {"epochs": args.epochs, "max_minutes": args.max_minutes, "batch_size": args.batch_size, "lr": args.lr,
                "width": args.width}
@@ -101,8 +102,6 @@ def _add_train_checker(sub) -> None:
 
 
 def _cmd_train_checker(args) -> int:
-    import os
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .checker import main_train_checker
     return main_train_checker(args)
 
@@ -112,7 +111,8 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train the conditional DDPM",
                        description="Train the conditional UNet with a profile's settings.")
     p.add_argument("--data", default=None, help="dataset root (default: data/iclevr if present, else data/synth)")
-    p.add_argument("--profile", choices=PROFILES, default="quick", help="settings profile (default quick)")
+    p.add_argument("--profile", choices=PROFILES, default=DEFAULT_PROFILE,
+                   help=f"settings profile (default {DEFAULT_PROFILE})")
     p.add_argument("--config", default=None, help="YAML file overriding the profile's fields")
     p.add_argument("--out", required=True, help="output folder for checkpoints, metrics and the export")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
@@ -129,11 +129,19 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def config_from_args(args) -> Config:
+    """The profile, then --config, then the explicit command-line options."""
+    return build_config(args.profile, args.config, output_dir=args.out, data_root=args.data, seed=args.seed,
+                        device=args.device, max_steps=args.max_steps, max_minutes=args.max_minutes,
+                        batch_size=args.batch_size, lr=args.lr, checkpoint_every=args.checkpoint_every,
+                        init_from=args.init_from)
+
+
 def _cmd_train(args) -> int:
-    import os
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinning threads stall a shared CPU
-    from .train import main_train
-    return main_train(args)
+    """`lab6 train`: train with a profile and write the run folder; 0 on success."""
+    from .train import train
+    train(config_from_args(args), resume=args.resume, progress=not args.no_progress)
+    return 0
 
 
 # ---------------------------------------------------------------- sample
@@ -157,10 +165,45 @@ def _add_sample(sub) -> None:
 
 
 def _cmd_sample(args) -> int:
-    import os
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinning threads stall a shared CPU
-    from .sample import main_sample
-    return main_sample(args)
+    """`lab6 sample`: sample the label file, write the deliverables and print the accuracy."""
+    from .data import read_label_file
+    from .evaluator import Evaluator
+    from .io import check_writable_dir, ensure_writable_dir
+    from .sample import load_pipeline, sample_split
+    label_path = Path(args.labels)
+    sets = read_label_file(label_path)
+    name = args.name or label_path.stem
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise ConfigError(f"--name {name!r}: expected a plain name such as 'test' (no folders)")
+    check_device(args.device, "--device")
+    if args.steps is not None and args.steps <= 0:
+        raise ConfigError(f"--steps: must be > 0, got {args.steps}")
+    if args.guidance is not None:
+        check_guidance_scale(args.guidance, "--guidance")
+    if args.batch_size is not None and args.batch_size <= 0:
+        raise ConfigError(f"--batch-size: must be > 0, got {args.batch_size}")
+    if not 0 <= args.seed <= 2**32 - len(sets):
+        raise ConfigError(f"--seed: must be in 0..{2**32 - len(sets)} (image i uses seed + i), got {args.seed}")
+    check_writable_dir(args.out)
+    # Everything is loaded and checked before the output folder is created: a bad input leaves nothing behind.
+    pipe = load_pipeline(args.model, args.device)
+    limit = pipe.scheduler.config.num_train_timesteps
+    if args.steps is not None and args.steps > limit:
+        raise ConfigError(f"--steps: must be at most the model's {limit} training timesteps, got {args.steps}")
+    evaluator = args.evaluator
+    if evaluator is not None:  # named explicitly: a bad one is an error, not a skipped score
+        evaluator = Evaluator(evaluator, device=args.device)
+    ensure_writable_dir(args.out)
+    batch_size = 64 if args.batch_size is None else args.batch_size
+    m = sample_split(pipe, sets, args.out, name, evaluator=evaluator, seed=args.seed, sampler=args.sampler,
+                     num_steps=args.steps, guidance_scale=args.guidance, batch_size=batch_size,
+                     progress=not args.no_progress, data_root=label_path.parent, device=args.device,
+                     label_file=str(label_path), model=str(args.model))
+    acc = "n/a (no evaluator)" if m["accuracy"] is None else f"{m['accuracy']:.4f} ({m['hits']}/{m['labels']})"
+    out = Path(args.out)
+    print(f"{name}: accuracy {acc}; {m['images']} images in {out / name}, grid {out / (name + '_grid.png')} "
+          f"[{m['sampler']}, {m['steps']} steps, guidance {m['guidance']:g}, seed {m['seed']}, {m['seconds']:.1f} s]")
+    return 0
 
 
 # ---------------------------------------------------------------- evaluate

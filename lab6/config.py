@@ -1,5 +1,7 @@
 """Typed settings, one dataclass per concern, and the named profiles tiny / quick / full / seed.
 
+`build_config(profile, config_file, output_dir=..., max_steps=...)` is the one road from the command line and the
+notebooks' parameters to a training config: each keyword left at None keeps the profile's (or the file's) value.
 `load_config(profile, yaml_path=None, **overrides)` starts from `PROFILES[profile]`, applies a YAML file
 (sections `model`, `schedule`, `train`, `sample`; unknown keys are errors) and then keyword overrides, given
 either per section (`train={"max_steps": 2}`) or as a field name that belongs to one section only
@@ -106,7 +108,7 @@ class SampleConfig:
 @dataclass
 class Config:
     """All settings of one profile."""
-    profile: str = "quick"
+    profile: str = DEFAULT_PROFILE
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -265,8 +267,7 @@ def validate_config(cfg: Config, where: str = "") -> Config:
         bad("train.lr", f"must be > 0, got {t.lr}")
     if t.max_minutes is not None and t.max_minutes <= 0:
         bad("train.max_minutes", f"must be > 0 (or empty for no limit), got {t.max_minutes}")
-    if p.guidance_scale < 0:
-        bad("sample.guidance_scale", f"must be >= 0 (1 = no guidance), got {p.guidance_scale}")
+    check_guidance_scale(p.guidance_scale, f"{where}sample.guidance_scale")
     if not 0 <= p.eta <= 1:
         bad("sample.eta", f"must be in [0, 1] (DDIM's noise; 0 = deterministic), got {p.eta}")
     if not 0 <= t.cond_drop_prob < 1:
@@ -328,11 +329,18 @@ def validate_config(cfg: Config, where: str = "") -> Config:
     return cfg
 
 
+def check_guidance_scale(scale: float, where: str = "guidance_scale") -> float:
+    """The classifier-free guidance scale as a float; ConfigError naming `where` unless it is >= 0."""
+    if scale < 0:
+        raise ConfigError(f"{where}: must be >= 0 (1 = no guidance), got {scale}")
+    return float(scale)
+
+
 def check_device(device: str | None, where: str = "device") -> str | None:
     """Reject devices this machine does not have (e.g. 'cuda' without a GPU)."""
     if device is None:
         return None
-    import torch
+    import torch  # here, not at the top: the CLI's parser reads this module, and `lab6 --help` loads no torch
     if device == "cpu":
         return device
     if device.startswith("cuda"):
@@ -368,7 +376,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
-def load_config(profile: str = "quick", yaml_path: str | os.PathLike | None = None, **overrides) -> Config:
+def load_config(profile: str = DEFAULT_PROFILE, yaml_path: str | os.PathLike | None = None, **overrides) -> Config:
     """Profile defaults, then a YAML file, then keyword overrides; validated."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
@@ -398,6 +406,21 @@ def load_config(profile: str = "quick", yaml_path: str | os.PathLike | None = No
     return validate_config(cfg, f"{yaml_path}: " if yaml_path else "")
 
 
+def build_config(profile: str = DEFAULT_PROFILE, config_file: str | os.PathLike | None = None, *,
+                 data_root: str | None = None, output_dir: str | None = None, seed: int | None = None,
+                 device: str | None = None, max_steps: int | None = None, max_minutes: float | None = None,
+                 batch_size: int | None = None, lr: float | None = None, checkpoint_every: int | None = None,
+                 init_from: str | None = None) -> Config:
+    """The training config of `lab6 train` and notebook 03: the profile, then config_file, then every train
+    setting given here (None: keep the profile's or the file's value); validated."""
+    given = {"data_root": data_root, "output_dir": output_dir, "seed": seed, "device": device,
+             "max_steps": max_steps, "max_minutes": max_minutes, "batch_size": batch_size, "lr": lr,
+             "checkpoint_every": checkpoint_every, "init_from": init_from}
+    train = {k: str(v) if k in ("data_root", "output_dir", "init_from") else v
+             for k, v in given.items() if v is not None}
+    return load_config(profile, config_file, train=train)
+
+
 def copy_config(cfg: Config) -> Config:
     """A deep copy of cfg."""
     return config_from_dict(cfg.to_dict())
@@ -405,7 +428,7 @@ def copy_config(cfg: Config) -> Config:
 
 def config_from_dict(data: dict) -> Config:
     """Inverse of Config.to_dict (used for the copy saved with each run)."""
-    cfg = Config(profile=data.get("profile", "quick"))
+    cfg = Config(profile=data.get("profile", DEFAULT_PROFILE))
     for section in SECTIONS:
         if section in data:
             _apply(cfg, section, data[section])

@@ -23,3 +23,9 @@ class CheckpointError(Lab6Error):
 
 class TrainingError(Lab6Error):
     """Training went wrong in a way the user can act on (e.g. the loss diverged to NaN)."""
+
+
+def first_line(e: BaseException) -> str:
+    """'ErrorType: the first line of its message' (160 characters at most), for one-line error messages."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:160]}" if lines else type(e).__name__

@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import labels as L
+from .devices import resolve_device
 from .errors import CheckpointError, ConfigError, DataError, LabelError
+from .errors import first_line as _first_line
 from .io import atomic_path, check_writable_dir
 
 RESOLUTION = 64  # the course evaluator's input side
@@ -171,11 +173,6 @@ def find_evaluator(path: str | os.PathLike | None = None, data_root: str | os.Pa
                           f"`lab6 train-evaluator --data {root}`")
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:120]}" if text else type(e).__name__
-
-
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """torch.load an evaluator checkpoint and check it is `{'model': course ResNet-18 state_dict, ...}`."""
     path = Path(path)
@@ -233,19 +230,6 @@ def check_state_dict(state: object, where: str = "state_dict") -> dict[str, torc
     for k in expected:  # checkpoints from before torchvision 0.4.1 have no num_batches_tracked
         state.setdefault(k, torch.tensor(0, dtype=torch.long))
     return {k: state[k] for k in expected}
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """`device`, or cuda when available, else cpu; ConfigError for an unusable name."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return device
 
 
 # ---------------------------------------------------------------- the course metric

@@ -25,10 +25,13 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
 
 from . import labels as L
-from .schedules import predict_x0
+from .config import check_guidance_scale
+from .data import to_uint8
 from .errors import CheckpointError, ConfigError
+from .schedules import predict_x0
 
 Generator = torch.Generator | list[torch.Generator] | None
 
@@ -110,6 +113,20 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
         import_lab6_components(pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
+    def resolve_settings(self, num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                         eta: float | None = None) -> tuple[int, float, float]:
+        """(steps, guidance scale, eta) of a call, checked: the given values, None meaning the saved default."""
+        limit = self.scheduler.config.num_train_timesteps
+        steps = int(self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps)
+        if steps <= 0 or steps > limit:
+            raise ConfigError(f"num_inference_steps: must be in 1..{limit}, got {steps}")
+        scale = check_guidance_scale(self.config.default_guidance_scale if guidance_scale is None else guidance_scale,
+                                     "guidance_scale")
+        eta = float(self.config.get("default_eta", 0.0) if eta is None else eta)
+        if not 0 <= eta <= 1:
+            raise ConfigError(f"eta: must be in [0, 1] (0 = deterministic DDIM), got {eta}")
+        return steps, scale, eta
+
     def _step_kwargs(self, generator: Generator, eta: float) -> dict:
         params = set(inspect.signature(self.scheduler.step).parameters)
         kw = {}
@@ -143,23 +160,16 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
         """Sample one image per label set; `capture_steps` are loop indices (0 = first, -1 = last) to record.
         `eta` (DDIM's noise, 0 = deterministic; other samplers ignore it) defaults to the saved default_eta."""
         y_all = as_multi_hot(labels)  # (B, 24)
-        steps = int(num_inference_steps or self.config.default_num_inference_steps)
-        scale = float(self.config.default_guidance_scale if guidance_scale is None else guidance_scale)
-        eta = float(self.config.get("default_eta", 0.0) if eta is None else eta)
-        if not 0 <= eta <= 1:
-            raise ConfigError(f"eta: must be in [0, 1] (0 = deterministic DDIM), got {eta}")
-        if steps <= 0 or steps > self.scheduler.config.num_train_timesteps:
-            raise ConfigError(f"num_inference_steps: must be in 1..{self.scheduler.config.num_train_timesteps}, "
-                              f"got {steps}")
-        if scale < 0:
-            raise ConfigError(f"guidance_scale: must be >= 0 (1 = no guidance), got {scale}")
+        steps, scale, eta = self.resolve_settings(num_inference_steps, guidance_scale, eta)
+        if batch_size is not None and batch_size <= 0:
+            raise ConfigError(f"batch_size: must be > 0 (or None for all at once), got {batch_size}")
         if output_type not in ("pil", "pt", "np"):
             raise ConfigError(f"output_type: must be 'pil', 'pt' or 'np', got {output_type!r}")
         if isinstance(generator, list) and len(generator) != len(y_all):
             raise ConfigError(f"generator: {len(generator)} generators for {len(y_all)} label sets")
         capture = sorted({i % steps for i in capture_steps}) if capture_steps else []
         n = len(y_all)
-        bs = batch_size or n
+        bs = n if batch_size is None else batch_size
         cfg = self.unet.config
         r, size = cfg.sample_size, cfg.output_size
         dtype = next(self.unet.parameters()).dtype
@@ -192,9 +202,6 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
                 t_list = cap_t
         x = torch.cat(images)  # (B, 3, 64, 64)
         if output_type == "pil":
-            from PIL import Image
-
-            from .data import to_uint8
             result = [Image.fromarray(a) for a in to_uint8(x)]
         elif output_type == "np":
             result = ((x + 1) / 2).permute(0, 2, 3, 1).numpy()  # (B, 64, 64, 3) in [0, 1]

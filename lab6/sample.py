@@ -18,11 +18,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 
-from .config import SAMPLERS, check_device
-from .errors import CheckpointError, ConfigError
-from .io import atomic_dir, check_writable_dir, ensure_writable_dir, save_image, write_json
-from .pipeline import ConditionalDDPMPipeline, ConditionalDDPMPipelineOutput
+from .checkpoints import EXPORT_DIR, EXPORT_STEP_FILE, build_pipeline, latest_checkpoint, load_run_config
+from .config import SAMPLERS
+from .data import to_uint8
+from .devices import resolve_device
+from .errors import CheckpointError, ConfigError, first_line
+from .evaluator import Evaluator, find_evaluator
+from .io import atomic_dir, ensure_writable_dir, save_image, write_json
+from .model import ConditionalUNet
+from .pipeline import ConditionalDDPMPipeline, ConditionalDDPMPipelineOutput, as_multi_hot
+from .plots import make_grid
 from .schedules import make_scheduler, sampler_name
 
 
@@ -32,8 +39,6 @@ def _is_pipeline(folder: Path) -> bool:
 
 def _pipeline_from_checkpoint(ckpt: Path) -> ConditionalDDPMPipeline:
     """A pipeline with the EMA weights of a checkpoint-<step>/ folder and the run's default sampler."""
-    from .model import ConditionalUNet
-    from .train import build_pipeline, load_run_config
     if not (ckpt / "ema" / "config.json").is_file():
         raise CheckpointError(f"{ckpt}: no ema/ weights in this checkpoint")
     cfg = load_run_config(ckpt)
@@ -44,7 +49,6 @@ def _pipeline_from_checkpoint(ckpt: Path) -> ConditionalDDPMPipeline:
 def _export_behind(run: Path) -> tuple[int, Path] | None:
     """(export step, newest checkpoint) when a run's export is not of its newest complete checkpoint, else None
     (also for exports that predate the step record, such as pretrained/quick)."""
-    from .train import EXPORT_DIR, EXPORT_STEP_FILE, latest_checkpoint
     try:
         step = int(json.loads((run / EXPORT_DIR / EXPORT_STEP_FILE).read_text())["step"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -57,7 +61,6 @@ def _export_behind(run: Path) -> tuple[int, Path] | None:
 
 def resolve_model(model: str | os.PathLike) -> tuple[str, Path]:
     """('pipeline' | 'checkpoint', path) for a save_pretrained folder, a run folder or a checkpoint folder."""
-    from .train import EXPORT_DIR, latest_checkpoint
     p = Path(model)
     if not p.exists():
         raise CheckpointError(f"{p}: model folder not found; pass a training output folder or a "
@@ -92,10 +95,8 @@ def load_pipeline(model: str | os.PathLike, device: str | None = None) -> Condit
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 - a cut or foreign folder fails in many ways inside diffusers
-        text = str(e).strip().splitlines()
-        raise CheckpointError(f"{path}: cannot load the model ({type(e).__name__}: "
-                              f"{text[0][:200] if text else ''}); is it a folder written by `lab6 train`?") from None
-    from .model import ConditionalUNet
+        raise CheckpointError(f"{path}: cannot load the model ({first_line(e)}); is it a folder written by "
+                              f"`lab6 train`?") from None
     if not isinstance(pipe.unet, ConditionalUNet):
         raise CheckpointError(f"{path}: holds a {type(pipe.unet).__name__}, not lab6's label-conditioned "
                               f"ConditionalUNet; pass a folder written by `lab6 train`")
@@ -104,8 +105,7 @@ def load_pipeline(model: str | os.PathLike, device: str | None = None) -> Condit
         raise CheckpointError(f"{path}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); the training "
                               f"that wrote it diverged: use an earlier checkpoint-<step>/ or retrain with a lower lr")
     pipe.unet.eval()
-    check_device(device, "device")
-    return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return pipe.to(resolve_device(device, "device"))
 
 
 def set_sampler(pipe: ConditionalDDPMPipeline, sampler: str | None) -> ConditionalDDPMPipeline:
@@ -131,7 +131,6 @@ def sample(pipe: ConditionalDDPMPipeline, labels, sampler: str | None = None, nu
     """Images (B, 3, 64, 64) in [-1, 1] for label sets, seeded per image; defaults: the model's saved ones."""
     set_sampler(pipe, sampler)
     pipe.set_progress_bar_config(disable=not progress, leave=False)
-    from .pipeline import as_multi_hot
     n = len(as_multi_hot(labels))
     return pipe(labels=labels, num_inference_steps=num_steps, guidance_scale=guidance_scale,
                 generator=generators(seed, n), eta=eta, batch_size=batch_size, capture_steps=capture_steps,
@@ -141,7 +140,6 @@ def sample(pipe: ConditionalDDPMPipeline, labels, sampler: str | None = None, nu
 def get_evaluator(evaluator=None, data_root: str | os.PathLike | None = None, device: str | None = None):
     """An Evaluator: the given one, a checkpoint path, the one in data_root, else the default; None (with a
     one-line warning) when there is none."""
-    from .evaluator import Evaluator, find_evaluator
     if evaluator is not None and not isinstance(evaluator, (str, os.PathLike)):
         return evaluator
     try:
@@ -169,10 +167,6 @@ def score(images: torch.Tensor, labels, evaluator=None, device: str | None = Non
 
 def write_deliverables(images: torch.Tensor, out: str | os.PathLike, name: str) -> tuple[Path, Path]:
     """<out>/<name>/<i>.png (64x64, replaced as a whole) and <out>/<name>_grid.png (8 per row)."""
-    from PIL import Image
-
-    from .data import to_uint8
-    from .plots import make_grid
     out = ensure_writable_dir(out)
     folder = out / name
     with atomic_dir(folder) as tmp:
@@ -189,8 +183,7 @@ def sample_split(pipe: ConditionalDDPMPipeline, label_sets, out: str | os.PathLi
                  data_root: str | os.PathLike | None = None, device: str | None = None, **info) -> dict:
     """Sample a label file's sets, write <out>/<name>/<i>.png, <out>/<name>_grid.png, <out>/<name>_metrics.json."""
     set_sampler(pipe, sampler)
-    steps = int(num_steps or pipe.config.default_num_inference_steps)
-    guidance = float(pipe.config.default_guidance_scale if guidance_scale is None else guidance_scale)
+    steps, guidance, _ = pipe.resolve_settings(num_steps, guidance_scale)  # what the metrics record
     t0 = time.monotonic()
     result = sample(pipe, label_sets, num_steps=steps, guidance_scale=guidance, seed=seed,
                     batch_size=batch_size, progress=progress)
@@ -204,42 +197,3 @@ def sample_split(pipe: ConditionalDDPMPipeline, label_sets, out: str | os.PathLi
                "guidance": guidance, "seed": seed, "seconds": round(seconds, 2), **info}
     write_json(Path(out) / f"{name}_metrics.json", metrics)
     return metrics
-
-
-def main_sample(args) -> int:
-    """`lab6 sample`: sample the label file, write the deliverables and print the accuracy."""
-    from .data import read_label_file
-    label_path = Path(args.labels)
-    sets = read_label_file(label_path)
-    name = args.name or label_path.stem
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
-        raise ConfigError(f"--name {name!r}: expected a plain name such as 'test' (no folders)")
-    check_device(args.device, "--device")
-    if args.steps is not None and args.steps <= 0:
-        raise ConfigError(f"--steps: must be > 0, got {args.steps}")
-    if args.guidance is not None and args.guidance < 0:
-        raise ConfigError(f"--guidance: must be >= 0 (1 = no guidance), got {args.guidance}")
-    if args.batch_size is not None and args.batch_size <= 0:
-        raise ConfigError(f"--batch-size: must be > 0, got {args.batch_size}")
-    if not 0 <= args.seed <= 2**32 - len(sets):
-        raise ConfigError(f"--seed: must be in 0..{2**32 - len(sets)} (image i uses seed + i), got {args.seed}")
-    check_writable_dir(args.out)
-    # Everything is loaded and checked before the output folder is created: a bad input leaves nothing behind.
-    pipe = load_pipeline(args.model, args.device)
-    limit = pipe.scheduler.config.num_train_timesteps
-    if args.steps is not None and args.steps > limit:
-        raise ConfigError(f"--steps: must be at most the model's {limit} training timesteps, got {args.steps}")
-    evaluator = args.evaluator
-    if evaluator is not None:  # named explicitly: a bad one is an error, not a skipped score
-        from .evaluator import Evaluator
-        evaluator = Evaluator(evaluator, device=args.device)
-    ensure_writable_dir(args.out)
-    m = sample_split(pipe, sets, args.out, name, evaluator=evaluator, seed=args.seed, sampler=args.sampler,
-                     num_steps=args.steps, guidance_scale=args.guidance, batch_size=args.batch_size or 64,
-                     progress=not args.no_progress, data_root=label_path.parent, device=args.device,
-                     label_file=str(label_path), model=str(args.model))
-    acc = "n/a (no evaluator)" if m["accuracy"] is None else f"{m['accuracy']:.4f} ({m['hits']}/{m['labels']})"
-    out = Path(args.out)
-    print(f"{name}: accuracy {acc}; {m['images']} images in {out / name}, grid {out / (name + '_grid.png')} "
-          f"[{m['sampler']}, {m['steps']} steps, guidance {m['guidance']:g}, seed {m['seed']}, {m['seconds']:.1f} s]")
-    return 0

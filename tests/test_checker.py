@@ -66,7 +66,7 @@ def test_train_checker_end_to_end_tiny(tmp_path):
                                                     ("--width", "0", "--width 0: must be >= 1"),
                                                     ("--lr", "-1", "the LR must be > 0"),
                                                     ("--init", "nothing.pth", "nothing.pth: count checker not found"),
-                                                    ("--device", "tpu", "--device 'tpu': expected cpu, cuda")])
+                                                    ("--device", "tpu", "--device: unknown device 'tpu'; use 'cpu', 'cuda'")])
 def test_bad_checker_options_are_one_line_errors(tmp_path, capsys, option, value, message):
     data = tmp_path / "renders"
     assert cli.main(["train-checker", "--data", str(data), "--scenes", "2", "--workers", "1", "--device", "cpu",

@@ -23,7 +23,8 @@ from PIL import Image
 from lab6 import labels as L
 from lab6.cli import main
 from lab6.config import load_config
-from lab6.train import checkpoint_problem, latest_checkpoint, load_run_config, train
+from lab6.checkpoints import checkpoint_problem, latest_checkpoint, load_run_config
+from lab6.train import train
 from tests.conftest import REPO, write_course_layout
 
 
@@ -403,9 +404,9 @@ if not torch.cuda.is_available():
         "sample-cuda-without-gpu": (lambda w, t: _sample(w, t, device="cuda"), 1,
                                     ["--device: 'cuda' requested but no CUDA GPU is available"]),
         "evaluate-cuda-without-gpu": (lambda w, t: _evaluate(w, t, device="cuda"), 1,
-                                      ["--device cuda: CUDA is not available on this machine; use --device cpu"]),
+                                      ["--device: 'cuda' requested but no CUDA GPU is available; use 'cpu'"]),
         "evaluator-train-cuda-without-gpu": (lambda w, t: _train_evaluator(w, t, device="cuda"), 1,
-                                             ["--device cuda: CUDA is not available"]),
+                                             ["--device: 'cuda' requested but no CUDA GPU is available"]),
     })
 
 

@@ -11,7 +11,7 @@ from lab6.model import build_model
 from lab6.pipeline import ConditionalDDPMPipeline, guided
 from lab6.sample import generators, load_pipeline, sample, set_sampler
 from lab6.schedules import make_scheduler, sampler_name
-from lab6.train import build_pipeline
+from lab6.checkpoints import build_pipeline
 
 SETS = [["red sphere", "cyan cube"], ["gray cube"], ["blue cylinder", "green sphere", "yellow cube"]]
 

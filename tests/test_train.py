@@ -20,7 +20,8 @@ from lab6.errors import ConfigError, TrainingError
 from lab6 import train as T
 from lab6.model import ConditionalUNet, build_model
 from lab6.schedules import alphas_cumprod
-from lab6.train import BatchOrder, diffusion_loss, list_checkpoints, train
+from lab6.checkpoints import list_checkpoints
+from lab6.train import BatchOrder, diffusion_loss, train
 from tests.conftest import REPO, write_course_layout
 
 
@@ -369,7 +370,7 @@ def test_a_misspelt_validation_split_is_named(tmp_path, dataset, capsys):
 def test_loss_spike_watch_warns_once_per_episode():
     """A smoothed loss 4x above its lowest warns once, not at every log, and again after it has come back down;
     window size does not matter, the warm-up is not watched, and a steady loss never warns."""
-    from lab6.train import LossSpikeWatch
+    from lab6.guards import LossSpikeWatch
     w = LossSpikeWatch(after=100)
     assert [w(50.0, 10, s) for s in range(10, 101, 10)] == [None] * 10  # warm-up: a high loss is not a spike
     assert [w(1.0, 10, s) for s in range(110, 1001, 10)] == [None] * 90  # falls, then steady
