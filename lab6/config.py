@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .errors import ConfigError
+from .io import write_text
 
 OUTPUT_SIZE = 64  # the course's and the evaluator's image side
 DEFAULT_PROFILE = "quick"  # the profile of `make run`, `lab6 run`, `lab6 train` and the notebooks unless told
@@ -356,7 +359,6 @@ def check_device(device: str | None, where: str = "device") -> str | None:
 
 def read_yaml(path: str | os.PathLike) -> dict:
     """Parse a YAML config file into a dict; errors name the file."""
-    import yaml
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -437,7 +439,6 @@ def config_from_dict(data: dict) -> Config:
 
 def to_yaml(cfg: Config) -> str:
     """The YAML text of a config, sections in a fixed order."""
-    import yaml
     header = (f"# Profile '{cfg.profile}': generated from lab6/config.py PROFILES by `python -m lab6.config`.\n"
               f"# Copy it, edit values, and pass it with `lab6 train --profile {cfg.profile} --config FILE`.\n")
     class _Dumper(yaml.SafeDumper):
@@ -449,7 +450,6 @@ def to_yaml(cfg: Config) -> str:
 
 def write_profile_yamls(folder: str | os.PathLike = "configs") -> list[Path]:
     """Write configs/<profile>.yaml for every profile."""
-    from .io import write_text
     out = []
     for name, cfg in PROFILES.items():
         path = Path(folder) / f"{name}.yaml"
