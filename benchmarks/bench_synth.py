@@ -63,7 +63,7 @@ def main() -> int:
     print(f"  render + PNG     : {r['total_wall']:7.0f} img/s wall   {r['total_cpu']:7.0f} img/s per CPU-second"
           f"   (target >= {TARGET:.0f} per core)")
     if args.dataset_scenes:
-        workers = args.workers or S._cpu_count()
+        workers = args.workers or S.cpu_count()
         secs = bench_dataset(args.dataset_scenes, args.size, workers)
         n = 3 * args.dataset_scenes + 96
         print(f"write_dataset, {args.dataset_scenes} scenes ({n} files) with {workers} workers: {secs:.1f} s wall "

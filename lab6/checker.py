@@ -39,8 +39,8 @@ def sample_count_scene(rng: np.random.Generator) -> list[str]:
     """Object names of one checker scene: 1-3 distinct objects (40 %: a binding-heavy set like new_test's), then,
     half the time, 1-2 more: a copy of one of them, a look-alike (same colour or same shape) or any object."""
     if rng.random() < 0.4:
-        kinds = [k for k, _ in S._BINDING_PATTERNS]
-        base = S._binding_set(rng, kinds[int(rng.integers(len(kinds)))])
+        kinds = [k for k, _ in S.BINDING_PATTERNS]
+        base = S.binding_set(rng, kinds[int(rng.integers(len(kinds)))])
     else:
         base = [L.OBJECTS[i] for i in rng.permutation(L.NUM_CLASSES)[:int(rng.integers(1, L.MAX_OBJECTS + 1))]]
     extras = []
@@ -64,7 +64,6 @@ def write_count_dataset(out: str | os.PathLike, scenes: int = 12000, seed: int =
         raise ConfigError(f"--scenes {scenes!r}: render at least 1 scene")
     out = ensure_writable_dir(out)
     (out / "images").mkdir(exist_ok=True)
-    cfg = S.SynthConfig()
     counts, jobs = {}, []
     for i in range(scenes):
         names = sample_count_scene(S.scene_rng(seed, _S_COUNT, 0, i))
@@ -73,24 +72,10 @@ def write_count_dataset(out: str | os.PathLike, scenes: int = 12000, seed: int =
             fname = f"count_{i:06d}_{k}.png"
             counts[fname] = names[:k + 1]
             files.append((f"images/{fname}", k))
-        jobs.append(S._Job((_S_COUNT, 1, i), names, files))
-    todo = [(seed, cfg, j, str(out)) for j in jobs if not all((out / rel).exists() for rel, _ in j.files)]
-    if todo:
-        from tqdm.auto import tqdm
-        nproc = max(1, min(workers or S._cpu_count(), len(todo)))
-        with tqdm(total=len(todo), unit="scene", desc=f"checker renders {out}", disable=not progress) as bar:
-            if nproc == 1:
-                for a in todo:
-                    S._render_job(a)
-                    bar.update(1)
-            else:
-                import multiprocessing as mp
-                ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-                with ctx.Pool(nproc) as pool:
-                    for _ in pool.imap_unordered(S._render_job, todo, chunksize=8):
-                        bar.update(1)
+        jobs.append(S.RenderJob((_S_COUNT, 1, i), names, files))
+    rendered, _, _ = S.render_jobs(jobs, seed, S.SynthConfig(), out, workers, progress, desc=f"checker renders {out}")
     write_json(out / COUNTS_FILE, counts)  # last: its presence means every image is there
-    return {"out": str(out), "images": len(counts), "scenes": scenes, "rendered_scenes": len(todo)}
+    return {"out": str(out), "images": len(counts), "scenes": scenes, "rendered_scenes": rendered}
 
 
 def count_targets(object_lists: list[list[str]]) -> torch.Tensor:

@@ -10,6 +10,11 @@ from .errors import LabelError
 
 SHAPES = ("cube", "sphere", "cylinder")
 COLORS = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
+# CLEVR's palette (sRGB 0-255): what the renderer paints and the plots' colour swatches.
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "gray": (87, 87, 87), "red": (173, 35, 35), "blue": (42, 75, 215), "green": (29, 105, 20),
+    "brown": (129, 74, 25), "purple": (129, 38, 192), "cyan": (41, 208, 208), "yellow": (255, 238, 51),
+}
 # Course order: all cubes (0-7), then spheres (8-15), then cylinders (16-23); colours in COLORS order.
 OBJECTS: tuple[str, ...] = tuple(f"{color} {shape}" for shape in SHAPES for color in COLORS)
 OBJECT_TO_INDEX: dict[str, int] = {name: i for i, name in enumerate(OBJECTS)}

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from .data import to_uint8
+from .labels import PALETTE as _PALETTE
 
 
 def _as_uint8(images) -> np.ndarray:
@@ -102,10 +103,6 @@ def plot_label_stats(stats: dict, title: str = ""):
                loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=9, frameon=False)
     fig.tight_layout()
     return fig
-
-
-_PALETTE = {"gray": (87, 87, 87), "red": (173, 35, 35), "blue": (42, 75, 215), "green": (29, 105, 20),
-            "brown": (129, 74, 25), "purple": (129, 38, 192), "cyan": (41, 208, 208), "yellow": (255, 238, 51)}
 
 
 def _swatch(name: str) -> tuple[float, float, float]:

@@ -12,8 +12,10 @@ from PIL import Image
 
 from lab6 import labels as L
 from lab6 import synth as S
-from lab6.data import CourseData, IclevrDataset
+from lab6.data import TEST_SPLITS, CourseData, IclevrDataset
 from lab6.errors import ConfigError, DataError, LabelError
+from lab6.synth.render import _SceneRenderer
+from lab6.synth.writer import _like_scenes
 from tests.conftest import REPO
 
 PAL = {c: np.array(v, float) / np.linalg.norm(v) for c, v in S.PALETTE.items()}
@@ -138,7 +140,7 @@ def test_gray_objects_stand_out_from_the_floor():
 def test_objects_never_intersect_and_stay_in_frame():
     cfg = S.SynthConfig()
     for i in range(30):
-        sc = S._SceneRenderer(S.scene_rng(4, 2, i), cfg)
+        sc = _SceneRenderer(S.scene_rng(4, 2, i), cfg)
         assert all(sc.add(n) for n in S.sample_train_labels(S.scene_rng(4, 1, i), 3, set()))
         for a, b in itertools.combinations([h.ob for h in sc.hits], 2):
             assert np.hypot(a.x - b.x, a.y - b.y) >= a.footprint + b.footprint
@@ -161,12 +163,12 @@ def test_unseen_test_is_unseen_and_new_test_binds(small):
     unseen, held = S.sample_held_out(5)
     train = json.loads((out / "train.json").read_text())
     sampled = [S.sample_train_labels(S.scene_rng(5, 1, i), 3, held) for i in range(3000)]
-    seen_pairs = set().union(*(S._pairs(s) for s in list(train.values()) + sampled))
+    seen_pairs = set().union(*(S.object_pairs(s) for s in list(train.values()) + sampled))
     unseen_file = json.loads((out / "unseen_test.json").read_text())
     assert unseen_file == unseen and len(unseen) == 32
     for labels in unseen:
         assert 2 <= len(labels) <= 3
-        assert not (S._pairs(labels) & seen_pairs), labels  # no two of its objects ever appear together
+        assert not (S.object_pairs(labels) & seen_pairs), labels  # no two of its objects ever appear together
     assert {frozenset(p) for p in info["held_out_pairs"]} == held
     # every object still appears in training, with most partners
     assert {o for s in sampled for o in s} == set(L.OBJECTS)
@@ -177,9 +179,9 @@ def test_unseen_test_is_unseen_and_new_test_binds(small):
     shared_colour = sum(len({n.split()[0] for n in s}) < len(s) for s in new)
     shared_shape = sum(len({n.split()[1] for n in s}) < len(s) for s in new)
     assert shared_colour >= 24 and shared_shape >= 12
-    assert all(not (S._pairs(s) & held) for s in new)
+    assert all(not (S.object_pairs(s) & held) for s in new)
     test = json.loads((out / "test.json").read_text())
-    assert {len(s) for s in test} == {1, 2, 3} and all(not (S._pairs(s) & held) for s in test)
+    assert {len(s) for s in test} == {1, 2, 3} and all(not (S.object_pairs(s) & held) for s in test)
     assert sum(S.is_binding_heavy(s) for s in test) < shared_colour  # the plain test binds far less
 
 
@@ -202,7 +204,7 @@ LIKE = {
 
 def test_like_reproduces_names_labels_and_scene_structure(tmp_path):
     like = write_like_file(tmp_path, LIKE)
-    train, jobs = S._like_scenes(like)
+    train, jobs = _like_scenes(like)
     chains = sorted([f.split("/")[-1] for f, _ in j.files] for j in jobs)
     assert chains == [["CLEVR_train_000007_0.png", "CLEVR_train_000007_1.png", "CLEVR_train_000007_2.png"],
                       ["CLEVR_train_000009_0.png"], ["CLEVR_train_000009_1.png"], ["odd_name.png"]]
@@ -218,9 +220,9 @@ def test_like_reproduces_names_labels_and_scene_structure(tmp_path):
     other = (imgs["CLEVR_train_000009_0.png"] == imgs["CLEVR_train_000009_1.png"]).all(-1).mean()
     assert same > 0.6 and other < 0.3, (same, other)
     # the unseen sets avoid every pair of this small train.json
-    seen = set().union(*(S._pairs(s) for s in LIKE.values()))
+    seen = set().union(*(S.object_pairs(s) for s in LIKE.values()))
     assert info["unseen_definition"] == "pairs"
-    assert all(not (S._pairs(s) & seen) for s in json.loads((out / "unseen_test.json").read_text()))
+    assert all(not (S.object_pairs(s) & seen) for s in json.loads((out / "unseen_test.json").read_text()))
 
 
 def test_like_course_slice(tmp_path, course_labels_dir):
@@ -307,7 +309,7 @@ def test_all_pairs_training_set_shows_held_out_pairs_and_keeps_the_test_files(tm
 
     a = write_dataset(tmp_path / "all", scenes=60, seed=0, size=16, workers=1, progress=False, all_pairs=True)
     b = write_dataset(tmp_path / "held", scenes=60, seed=0, size=16, workers=1, progress=False)
-    for split in ("test", "new_test", "unseen_test"):
+    for split in TEST_SPLITS:
         assert (tmp_path / "all" / f"{split}.json").read_text() == (tmp_path / "held" / f"{split}.json").read_text()
     held = {frozenset(p) for p in b["held_out_pairs"]}
     assert a["held_out_pairs"] == [] and len(held) == 24

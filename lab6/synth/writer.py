@@ -1,0 +1,268 @@
+"""The dataset writer: render a synthetic dataset in the iCLEVR layout, resumably, and a grid of its images.
+
+A folder's `.synth.json` records what decides its bytes (renderer version, seed, settings, scene list); a later
+run with the same options renders only the missing files, and one with other options is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .. import labels as L
+from ..data import TEST_SPLITS, CourseData, load_image, read_label_file, read_train
+from ..errors import ConfigError, DataError, LabelError
+from ..io import check_writable_dir, ensure_writable_dir, write_bytes, write_json
+from ..plots import caption, labelled_grid
+from .design import sample_held_out, sample_new_test, sample_test, sample_train_labels, unseen_from_train
+from .render import RENDER_VERSION, encode_png, render_scene
+from .scene import S_GT, S_LABELS, S_RENDER, SynthConfig, scene_rng
+
+_COURSE_NAME = re.compile(r"^(?P<scene>.+)_(?P<step>\d+)\.png$")
+
+
+@dataclass
+class RenderJob:
+    """One scene to render: its random key, object names in addition order, and (file, step) to save."""
+
+    key: tuple[int, ...]
+    names: list[str]
+    files: list[tuple[str, int]]  # (path relative to the output folder, index of the image in the scene)
+
+
+def _like_scenes(path: Path) -> tuple[dict[str, list[str]], list[RenderJob]]:
+    """Read a train.json and group its files into incremental scenes (names like 'x_0.png', 'x_1.png', ...)."""
+    if not path.is_file():
+        raise DataError(f"{path}: --like file not found; give a train.json such as the course's")
+    train = read_train(path)  # validated: errors name the file and the entry
+    groups: dict[str, list[tuple[int, str]]] = {}
+    singles: list[str] = []
+    for fname in train:
+        if "/" in fname or "\\" in fname or fname.strip(".") == "":
+            raise LabelError(f"{path}: entry {fname!r}: expected a plain file name such as 'CLEVR_train_000001_0.png'")
+        m = _COURSE_NAME.match(fname)
+        if m:
+            groups.setdefault(m.group("scene"), []).append((int(m.group("step")), fname))
+        else:
+            singles.append(fname)
+    chains: list[list[str]] = []
+    for scene in groups.values():
+        scene.sort()
+        chain: list[str] = []
+        last = None
+        for step, fname in scene:
+            if chain and step == last + 1 and _extends(train[chain[-1]], train[fname]):
+                chain.append(fname)
+            else:
+                if chain:
+                    chains.append(chain)
+                chain = [fname]
+            last = step
+        chains.append(chain)
+    chains += [[f] for f in singles]
+    chains.sort(key=lambda c: c[0])
+    jobs = []
+    for idx, chain in enumerate(chains):
+        names = list(train[chain[0]])
+        for fname in chain[1:]:
+            names += [o for o in train[fname] if o not in names]
+        first = len(train[chain[0]]) - 1
+        jobs.append(RenderJob((S_RENDER, idx), names, [(f"iclevr/{f}", first + k) for k, f in enumerate(chain)]))
+    return train, jobs
+
+
+def _extends(before: list[str], after: list[str]) -> bool:
+    """True when `after` is `before` plus exactly one object."""
+    return len(after) == len(before) + 1 and set(before) <= set(after)
+
+
+def render_job(args) -> int:
+    """Render one scene and write its missing files; returns the number of images written."""
+    seed, cfg, job, out = args
+    res = render_scene(job.names, scene_rng(seed, *job.key), cfg)
+    written = 0
+    for rel, step in job.files:
+        path = os.path.join(out, rel)
+        if not os.path.exists(path):
+            write_bytes(path, encode_png(res.images[step]))
+            written += 1
+    return written
+
+
+
+
+def render_jobs(jobs: list[RenderJob], seed: int, cfg: SynthConfig, out: str | os.PathLike, workers: int = 0,
+                progress: bool = True, desc: str = "render") -> tuple[int, int, int]:
+    """Render the scenes of `jobs` that miss a file under `out`, in `workers` processes (0 = all cores).
+
+    Returns (scenes rendered, images written, processes used).
+    """
+    out = Path(out)
+    todo = [j for j in jobs if not all((out / rel).exists() for rel, _ in j.files)]
+    remaining = sum(1 for j in todo for rel, _ in j.files if not (out / rel).exists())
+    nproc = max(1, min(workers or cpu_count(), len(todo) or 1))
+    written = 0
+    if not todo:
+        return 0, 0, nproc
+    args = [(seed, cfg, j, str(out)) for j in todo]
+    with tqdm(total=remaining, unit="img", desc=desc, disable=not progress, smoothing=0.05) as bar:
+        if nproc == 1:
+            for a in args:
+                k = render_job(a)
+                written += k
+                bar.update(k)
+        else:
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+            with ctx.Pool(nproc) as pool:
+                for k in pool.imap_unordered(render_job, args, chunksize=8):
+                    written += k
+                    bar.update(k)
+    return len(todo), written, nproc
+
+
+def cpu_count() -> int:
+    """Cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _check_int(name: str, value, low: int, hint: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ConfigError(f"--{name} {value!r}: {hint}")
+    return int(value)
+
+
+# ---------------------------------------------------------------- planning a dataset
+def _plan_scenes(scenes: int, seed: int, all_pairs: bool):
+    """Training scenes of `scenes` random label sets (no held-out pair unless `all_pairs`) and the three test sets.
+
+    Returns (train.json's mapping, render jobs, test sets by split, held-out pairs, unseen_test's definition).
+    """
+    unseen, held = sample_held_out(seed)
+    train_held = set() if all_pairs else held
+    train, jobs = {}, []
+    for i in range(scenes):
+        names = sample_train_labels(scene_rng(seed, S_LABELS, i), L.MAX_OBJECTS, train_held)
+        files = []
+        for k in range(len(names)):
+            fname = f"synth_{i:06d}_{k}.png"
+            train[fname] = names[:k + 1]
+            files.append((f"iclevr/{fname}", k))
+        jobs.append(RenderJob((S_RENDER, i), names, files))
+    splits = {"test": sample_test(seed, held), "new_test": sample_new_test(seed, held), "unseen_test": unseen}
+    return train, jobs, splits, held, "pairs"
+
+
+def _plan_like(like: Path, seed: int):
+    """The scenes of an existing train.json (`--like`), its test.json/new_test.json when beside it, and an
+    unseen_test drawn against its label sets; returns what `_plan_scenes` does."""
+    train, jobs = _like_scenes(like)
+    splits = {}
+    for split in ("test", "new_test"):
+        sibling = like.parent / f"{split}.json"
+        if sibling.is_file():
+            splits[split] = read_label_file(sibling)
+    held: set = set()
+    splits.setdefault("test", sample_test(seed, held))
+    splits.setdefault("new_test", sample_new_test(seed, held))
+    splits["unseen_test"], unseen_how = unseen_from_train(list(train.values()), seed)
+    return train, jobs, splits, held, unseen_how
+
+
+def _state(seed: int, cfg: SynthConfig, scenes: int | None, like: Path | None, all_pairs: bool) -> dict:
+    """What decides a folder's bytes: renderer version, seed, settings and the scene list."""
+    st = {"renderer": RENDER_VERSION, "seed": seed, "config": asdict(cfg)}
+    if like is None:
+        st["scenes"] = scenes
+    else:
+        st["like"] = hashlib.sha1(like.read_bytes()).hexdigest()
+    if all_pairs:
+        st["all_pairs"] = True
+    return st
+
+
+def _claim_folder(out: Path, state: dict) -> None:
+    """Record `state` in out/.synth.json; refuse a folder holding renders made with other options."""
+    state_path = out / ".synth.json"
+    if state_path.exists():
+        try:
+            old = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old != state:
+            diff = {k: v for k, v in state.items() if not isinstance(old, dict) or old.get(k) != v}
+            raise ConfigError(f"{out}: holds a render made with other options (differs in {sorted(diff)}); "
+                              f"use another --out or delete the folder")
+    elif (out / "train.json").exists() or (out / "iclevr").is_dir():
+        raise ConfigError(f"{out}: already holds a dataset not made by `lab6 synth` with these options; "
+                          f"use an empty folder")
+    else:
+        write_json(state_path, state)
+
+
+# ---------------------------------------------------------------- writing it
+def write_dataset(out: str | os.PathLike, scenes: int = 6000, seed: int = 0, size: int = 64, workers: int = 0,
+                  like: str | os.PathLike | None = None, progress: bool = True,
+                  cfg: SynthConfig | None = None, all_pairs: bool = False) -> dict:
+    """Render a CLEVR-style dataset in the iCLEVR layout under `out`; returns a summary dict.
+
+    `all_pairs=True` lets training scenes show every object pair (the test files stay the same): a training
+    set for an evaluator, which must recognise the pairs that unseen_test asks for.
+
+    Writes iclevr/*.png and <split>_gt/<i>.png first, then objects.json, the test files and train.json last
+    (so train.json's presence means the render finished). Files already present are kept: an interrupted
+    run, re-run with the same options, renders only what is missing.
+    """
+    seed = _check_int("seed", seed, 0, "use a non-negative integer")
+    size = _check_int("size", size, 16, "images must be at least 16 px wide (e.g. 64)")
+    workers = _check_int("workers", workers, 0, "use 0 (all cores) or a positive number of processes")
+    cfg = SynthConfig(**{**asdict(cfg), "size": size}) if cfg is not None else SynthConfig(size=size)
+    cfg.check()
+    like_path = Path(like) if like is not None else None
+    if like_path is None:
+        scenes = _check_int("scenes", scenes, 1, "render at least 1 scene (each gives 3 images)")
+    check_writable_dir(out)  # created only once the plan below has checked every input
+
+    # plan: label sets and jobs
+    if like_path is not None:
+        train, jobs, splits, held, unseen_how = _plan_like(like_path, seed)
+    else:
+        train, jobs, splits, held, unseen_how = _plan_scenes(scenes, seed, all_pairs)
+    for si, split in enumerate(TEST_SPLITS):
+        for i, labels in enumerate(splits[split]):
+            jobs.append(RenderJob((S_GT, si, i), list(labels), [(f"{split}_gt/{i}.png", len(labels) - 1)]))
+
+    # refuse to mix renders made with other options into one folder
+    out = ensure_writable_dir(out)
+    _claim_folder(out, _state(seed, cfg, None if like_path else scenes, like_path, all_pairs))
+
+    # render what is missing
+    for sub in ["iclevr"] + [f"{s}_gt" for s in TEST_SPLITS]:
+        (out / sub).mkdir(exist_ok=True)
+    _, written, nproc = render_jobs(jobs, seed, cfg, out, workers, progress, desc=f"synth {out}")
+
+    # label files last: their presence means every image is there
+    write_json(out / "objects.json", L.OBJECT_TO_INDEX)
+    for split in TEST_SPLITS:
+        write_json(out / f"{split}.json", splits[split])
+    write_json(out / "train.json", train)
+    return {"out": str(out), "train_images": len(train), "scenes": len([j for j in jobs if j.key[0] == S_RENDER]),
+            "test_sets": {s: len(splits[s]) for s in TEST_SPLITS}, "images": sum(len(j.files) for j in jobs),
+            "rendered": written, "workers": nproc, "unseen_definition": unseen_how,
+            "held_out_pairs": [] if all_pairs else sorted(sorted(p) for p in held)}
+
+
+# ---------------------------------------------------------------- pictures
+def sample_grid(root: str | os.PathLike, n: int = 32, seed: int = 0, ncol: int = 8):
+    """A labelled grid figure of `n` random training images of a dataset folder (captions: their labels)."""
+    data = CourseData(root)
+    names = list(data.train)
+    pick = np.random.default_rng(seed).choice(len(names), size=min(n, len(names)), replace=False)
+    images = np.stack([load_image(data.image_dir / names[i], 64) for i in pick])
+    return labelled_grid(images, [caption(data.train[names[i]]) for i in pick], ncol=ncol)
