@@ -25,6 +25,7 @@ from _common import default_out  # noqa: E402
 
 from lab6 import evaluator as E  # noqa: E402
 from lab6.data import CourseData, load_image_folder  # noqa: E402
+from lab6.evaluator_train import train_evaluator  # noqa: E402
 
 TARGETS = {"test": 0.98, "new_test": 0.975, "unseen_test": 0.975}
 ROUND_TRIP_GAP = 0.01
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.evaluator) if args.evaluator else E.find_evaluator(data_root=data.root) if not args.train \
         else data.root / "evaluator.pth"
     if args.train:
-        E.train_evaluator(data.root, out=path, device=args.device)
+        train_evaluator(data.root, out=path, device=args.device)
     ev = E.Evaluator(path, device=args.device)
     info = ev.info
     print(f"evaluator: {ev.path} on {ev.device}; load average now {os.getloadavg()[0]:.2f}")

@@ -211,6 +211,7 @@ def cpu_steps(minutes: float, img_per_s: float, batch: int) -> int:
 def run_job(args) -> None:
     """One job in this process: train, evaluate, write <out>/<job>/result.json."""
     from lab6.config import load_config
+    from lab6.data import TEST_SPLITS
 
     out = Path(args.out)
     data, dev = Path(args.data), args.device
@@ -262,7 +263,7 @@ def run_job(args) -> None:
         run, result["train"] = train_job(
             name, args.profile, over, folder, data, dev, steps, None, args.threads,
             extra_train={"validate_every": every, "validate_num": 32, "evaluator": str(ev),
-                         "validate_splits": ("test", "new_test", "unseen_test"), "checkpoint_every": steps})
+                         "validate_splits": TEST_SPLITS, "checkpoint_every": steps})
         result["train"]["wall_s"] = round(time.time() - t0, 1)
     elif kind == "sampling":
         import bench_sampling
@@ -306,7 +307,8 @@ def all_pairs_set(args, scenes: int) -> Path:
 
 def evaluator_job(args, out: Path) -> dict:
     """Train the course's ResNet-18 at full width on an all-pairs set and measure its ceiling on `--data`."""
-    from lab6.evaluator import Evaluator, EvaluatorTrainConfig, train_evaluator
+    from lab6.evaluator import Evaluator
+    from lab6.evaluator_train import EvaluatorTrainConfig, train_evaluator
 
     t0 = time.time()
     eval_data = all_pairs_set(args, args.eval_scenes)
@@ -324,7 +326,8 @@ def evaluator_job(args, out: Path) -> dict:
 def evsweep_job(args, out: Path, over: dict, scenes: int) -> dict:
     """One CPU evaluator recipe, trained for the CPU's steps in --ev-cpu-minutes (or its epochs), and its ceiling."""
     from lab6.data import CourseData
-    from lab6.evaluator import Evaluator, EvaluatorTrainConfig, train_evaluator
+    from lab6.evaluator import Evaluator
+    from lab6.evaluator_train import EvaluatorTrainConfig, train_evaluator
 
     eval_data = all_pairs_set(args, scenes)
     n = len(CourseData(eval_data).train)

@@ -36,8 +36,9 @@ from pathlib import Path  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
+from lab6.data import TEST_SPLITS  # noqa: E402
+
 SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm": "DPM++", "dpm-sde": "SDE-DPM++"}  # as in lab6.compare
-SPLITS = ("test", "new_test", "unseen_test")
 EVAL_SAMPLER, EVAL_STEPS = "dpm", 20
 CSV_HEADER = ["profile", "budget_min", "train_min", "steps", "max_steps", "lr", "train_img_per_s", "load_avg_1m",
               "split", "sampler", "num_steps", "guidance", "seed", "accuracy", "hits", "labels", "sample_seconds",
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cumulative training minutes at which to evaluate, increasing (default 5,10,20)")
     p.add_argument("--scales", type=C.float_list, default=[1.0, 2.0, 3.0, 5.0],
                    help="classifier-free guidance scales for DPM-Solver++ 20 steps (default 1,2,3,5; 1 = none)")
-    p.add_argument("--splits", type=C.name_list, default=list(SPLITS),
+    p.add_argument("--splits", type=C.name_list, default=list(TEST_SPLITS),
                    help="test files to sample (default test,new_test,unseen_test; missing ones are skipped)")
     p.add_argument("--seeds", type=C.int_list, default=[0],
                    help="sampling seeds, averaged (default 0; 32 label sets vary by about +-0.04 between seeds)")

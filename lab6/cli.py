@@ -71,7 +71,7 @@ def _add_train_evaluator(sub) -> None:
 
 
 def _cmd_train_evaluator(args) -> int:
-    from .evaluator import EvaluatorTrainConfig, train_evaluator
+    from .evaluator_train import EvaluatorTrainConfig, train_evaluator
     options = {"epochs": args.epochs, "max_minutes": args.max_minutes, "batch_size": args.batch_size, "lr": args.lr,
                "width": args.width}
     config = EvaluatorTrainConfig(seed=args.seed, **{k: v for k, v in options.items() if v is not None})
@@ -102,8 +102,24 @@ def _add_train_checker(sub) -> None:
 
 
 def _cmd_train_checker(args) -> int:
-    from .checker import main_train_checker
-    return main_train_checker(args)
+    """Check the options, render the checker's scenes into --data if its counts.json is missing, then train."""
+    from pathlib import Path
+
+    from .checker import CountChecker
+    from .checker_train import COUNTS_FILE, CheckerTrainConfig, train_checker, write_count_dataset
+    from .devices import resolve_device
+    options = {"epochs": args.epochs, "max_minutes": args.max_minutes, "batch_size": args.batch_size, "lr": args.lr,
+               "width": args.width, "init": args.init}
+    cfg = CheckerTrainConfig(seed=args.seed, **{k: v for k, v in options.items() if v is not None})
+    resolve_device(args.device)
+    if cfg.init is not None:
+        CountChecker(cfg.init, device="cpu")  # a missing or foreign file fails before anything is rendered
+    data = Path(args.data)
+    if not (data / COUNTS_FILE).is_file():
+        info = write_count_dataset(data, scenes=args.scenes, seed=args.render_seed, workers=args.workers)
+        print(f"{info['out']}: {info['images']} checker images in {info['scenes']} scenes", flush=True)
+    train_checker(data, out=args.out, config=cfg, device=args.device)
+    return 0
 
 
 # ---------------------------------------------------------------- train
@@ -219,8 +235,31 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(args) -> int:
-    from .evaluator import main_evaluate
-    return main_evaluate(args)
+    """Score DIR/0.png..{n-1}.png against a label file and print the course accuracy and the kinds of miss."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from .data import load_image_folder, read_label_file
+    from .evaluator import MISS_KINDS, RESOLUTION, Evaluator, summarize
+    label_sets = read_label_file(args.labels)
+    evaluator = Evaluator(args.evaluator, device=args.device)
+    first = Path(args.images) / "0.png"
+    resolution = RESOLUTION
+    if first.is_file():
+        try:
+            with Image.open(first) as im:
+                if im.size[0] == im.size[1]:
+                    resolution = im.size[0]  # read as is; the evaluator resizes (and says so)
+        except OSError:
+            pass  # load_image_folder names the unreadable file
+    images = load_image_folder(args.images, len(label_sets), resolution)
+    counts = summarize(evaluator.breakdown(images, label_sets))
+    hits, total = counts["hits"], counts["labels"]
+    print(f"accuracy: {hits / total:.4f} ({hits}/{total})")
+    print("misses: " + ", ".join(f"{kind} {counts[kind]}" for kind in MISS_KINDS) + f"  [evaluator: {evaluator.path}]")
+    print(f"images showing an object no label asked for: {counts['with unrequested']} of {counts['images']}")
+    return 0
 
 
 # ---------------------------------------------------------------- run

@@ -95,7 +95,8 @@ def ensure_evaluator(cfg: RunConfig) -> Path:
     another renderer setting without one, render an all-pairs training set beside it (`<root>-evaluator/`, so
     the evaluator knows the pairs unseen_test asks for) and train the course's ResNet-18 on it, saved as
     `<root>/evaluator.pth`."""
-    from .evaluator import find_evaluator, train_evaluator
+    from .evaluator import find_evaluator
+    from .evaluator_train import train_evaluator
     from .synth import write_dataset
     try:
         return find_evaluator(data_root=cfg.data_root)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lab6 import checker as C
+from lab6 import checker_train as CT
 from lab6 import cli
 from lab6 import labels as L
 from lab6.errors import CheckpointError, DataError
@@ -17,21 +18,21 @@ from lab6.synth import render_labels, render_scene, scene_rng
 
 
 def test_count_targets_count_copies_and_cap_at_three_or_more():
-    y = C.count_targets([["red cube"], ["red cube", "red cube", "cyan sphere"], ["gray cylinder"] * 5])
+    y = CT.count_targets([["red cube"], ["red cube", "red cube", "cyan sphere"], ["gray cylinder"] * 5])
     idx = L.OBJECT_TO_INDEX
     assert y[0, idx["red cube"]] == 1 and y[0].sum() == 1
     assert y[1, idx["red cube"]] == 2 and y[1, idx["cyan sphere"]] == 1
     assert y[2, idx["gray cylinder"]] == 3  # the 3+ class
     with pytest.raises(DataError, match="object list 0: unknown object 'red cubes'"):
-        C.count_targets([["red cubes"]])
+        CT.count_targets([["red cubes"]])
 
 
 def test_checker_scenes_hold_copies_look_alikes_and_binding_sets():
-    scenes = [C.sample_count_scene(scene_rng(0, 11, 0, i)) for i in range(400)]
+    scenes = [CT.sample_count_scene(scene_rng(0, 11, 0, i)) for i in range(400)]
     assert all(1 <= len(s) <= 5 and all(n in L.OBJECT_TO_INDEX for n in s) for s in scenes)
     assert sum(len(set(s)) < len(s) for s in scenes) > 40  # duplicates
     assert sum(len(s) > 3 for s in scenes) > 40            # more objects than a label set holds
-    assert scenes == [C.sample_count_scene(scene_rng(0, 11, 0, i)) for i in range(400)]  # reproducible
+    assert scenes == [CT.sample_count_scene(scene_rng(0, 11, 0, i)) for i in range(400)]  # reproducible
 
 
 def test_scene_report_reads_exact_duplicate_unrequested_and_missing():
@@ -49,7 +50,7 @@ def test_train_checker_end_to_end_tiny(tmp_path):
     data, out = tmp_path / "renders", tmp_path / "ck.pth"
     assert cli.main(["train-checker", "--data", str(data), "--scenes", "6", "--workers", "1", "--epochs", "2",
                      "--batch-size", "4", "--width", "8", "--device", "cpu", "--out", str(out)]) == 0
-    counts = json.loads((data / C.COUNTS_FILE).read_text())
+    counts = json.loads((data / CT.COUNTS_FILE).read_text())
     assert len(counts) >= 6 and all((data / "images" / f).is_file() for f in counts)
     ck = C.CountChecker(out, device="cpu")
     assert ck.info["width"] == 8 and all(v.dtype == torch.float16 for k, v in

@@ -12,6 +12,7 @@ from PIL import Image
 from lab6 import cli
 from lab6 import data as D
 from lab6 import evaluator as E
+from lab6 import evaluator_train as ET
 from lab6 import labels as L
 from lab6.data import object_masks
 from lab6.errors import CheckpointError, ConfigError, DataError, LabelError
@@ -413,12 +414,12 @@ TINY = dict(epochs=2, batch_size=8, val_images=4, max_minutes=0, threads=1, save
 
 
 def test_augment_keeps_shape_and_range():
-    cfg = E.EvaluatorTrainConfig(round_trip=1.0, blur=1.0, noise=0.0)
+    cfg = ET.EvaluatorTrainConfig(round_trip=1.0, blur=1.0, noise=0.0)
     x = torch.rand(6, 3, 64, 64) * 2 - 1
-    y = E.augment(x, cfg, torch.Generator().manual_seed(0))
+    y = ET.augment(x, cfg, torch.Generator().manual_seed(0))
     assert y.shape == x.shape and y.min() >= -1 - 1e-5 and y.max() <= 1 + 1e-5 and not torch.equal(x, y)
     flat = torch.full((2, 3, 64, 64), 0.25)
-    torch.testing.assert_close(E.augment(flat, cfg, torch.Generator().manual_seed(1)), flat)  # blur keeps means
+    torch.testing.assert_close(ET.augment(flat, cfg, torch.Generator().manual_seed(1)), flat)  # blur keeps means
 
 
 def _floor_scene(squares, size=64):
@@ -441,19 +442,19 @@ def test_object_masks_and_paste():
     x = images.float() / 127.5 - 1
     donors = torch.tensor([0])  # the red square
     g = torch.Generator().manual_seed(0)
-    x2, y2 = E.paste_objects(x, labels, masks, donors, images, labels, masks, 1.0, g)
+    x2, y2 = ET.paste_objects(x, labels, masks, donors, images, labels, masks, 1.0, g)
     assert L.decode(y2) == [["red cube"], ["red cube", "blue sphere"], ["green cube"], ["gray cube", "red cube"]]
     torch.testing.assert_close(x2[1][:, 9:19, 9:19], x[0][:, 9:19, 9:19])  # pasted where the donor had it
     torch.testing.assert_close(x2[1][:, 40:46, 40:46], x[1][:, 40:46, 40:46])  # nothing hidden
     assert torch.equal(x2[2], x[2]) and torch.equal(x2[0], x[0])  # would hide the green square; already red
-    x3, y3 = E.paste_objects(x, labels, masks, donors, images, labels, masks, 0.0, g)
+    x3, y3 = ET.paste_objects(x, labels, masks, donors, images, labels, masks, 0.0, g)
     assert torch.equal(x3, x) and torch.equal(y3, labels)
 
 
 def test_train_evaluator_tiny_resume_and_skip(tmp_path, monkeypatch, capsys):
     root = write_course_layout(tmp_path / "ds", n=24)
-    cfg = E.EvaluatorTrainConfig(**TINY)
-    ref = E.train_evaluator(root, tmp_path / "ref.pth", cfg, progress=False)
+    cfg = ET.EvaluatorTrainConfig(**TINY)
+    ref = ET.train_evaluator(root, tmp_path / "ref.pth", cfg, progress=False)
     ref_ckpt = torch.load(ref, weights_only=True)
     assert ref_ckpt["complete"] and ref_ckpt["steps"] == 4 and set(ref_ckpt["model"]) == set(E.expected_shapes())
     assert ref_ckpt["train_width"] == ref_ckpt["config"]["width"] == 32  # auto width on a CPU
@@ -461,7 +462,7 @@ def test_train_evaluator_tiny_resume_and_skip(tmp_path, monkeypatch, capsys):
 
     # Interrupt a run after 3 augment calls (steps 0-2 done), then resume: same weights as the uninterrupted run.
     calls = {"n": 0}
-    real_augment = E.augment
+    real_augment = ET.augment
 
     def flaky(*a, **k):
         calls["n"] += 1
@@ -469,30 +470,30 @@ def test_train_evaluator_tiny_resume_and_skip(tmp_path, monkeypatch, capsys):
             raise KeyboardInterrupt
         return real_augment(*a, **k)
 
-    monkeypatch.setattr(E, "augment", flaky)
+    monkeypatch.setattr(ET, "augment", flaky)
     out = tmp_path / "ds" / "evaluator.pth"
     with pytest.raises(KeyboardInterrupt):
-        E.train_evaluator(root, config=cfg, progress=False)
+        ET.train_evaluator(root, config=cfg, progress=False)
     assert not out.exists() and torch.load(out.with_name("evaluator.pth.partial"), weights_only=True)["step"] == 3
-    monkeypatch.setattr(E, "augment", real_augment)
-    assert E.train_evaluator(root, config=cfg, progress=False) == out
+    monkeypatch.setattr(ET, "augment", real_augment)
+    assert ET.train_evaluator(root, config=cfg, progress=False) == out
     assert "resuming" in capsys.readouterr().out and not out.with_name("evaluator.pth.partial").exists()
     got = torch.load(out, weights_only=True)
     for k, v in ref_ckpt["model"].items():
         torch.testing.assert_close(got["model"][k], v, rtol=0, atol=0, msg=k)
 
     mtime = out.stat().st_mtime_ns
-    E.train_evaluator(root, config=cfg, progress=False)
+    ET.train_evaluator(root, config=cfg, progress=False)
     assert "up to date" in capsys.readouterr().out and out.stat().st_mtime_ns == mtime
-    E.train_evaluator(root, config=cfg, progress=False, force=True)
+    ET.train_evaluator(root, config=cfg, progress=False, force=True)
     assert out.stat().st_mtime_ns != mtime
 
 
 def test_train_evaluator_retrains_when_an_image_changes_and_names_a_broken_one(tmp_path, monkeypatch, capsys):
     root = write_course_layout(tmp_path / "ds", n=24)
-    cfg = E.EvaluatorTrainConfig(**dict(TINY, epochs=1, width=8))
+    cfg = ET.EvaluatorTrainConfig(**dict(TINY, epochs=1, width=8))
     out, partial = tmp_path / "ev.pth", tmp_path / "ev.pth.partial"
-    E.train_evaluator(root, out, cfg, progress=False)
+    ET.train_evaluator(root, out, cfg, progress=False)
     key, mtime = torch.load(out, weights_only=True)["data_key"], out.stat().st_mtime_ns
 
     def no_decode(*args, **kwargs):
@@ -501,25 +502,25 @@ def test_train_evaluator_retrains_when_an_image_changes_and_names_a_broken_one(t
     with monkeypatch.context() as m:  # unchanged images: up to date, nothing decoded
         m.setattr(D, "load_image", no_decode)
         capsys.readouterr()
-        E.train_evaluator(root, out, cfg, progress=False)
+        ET.train_evaluator(root, out, cfg, progress=False)
         assert "up to date" in capsys.readouterr().out and out.stat().st_mtime_ns == mtime
 
     image = root / "iclevr" / "img_0007.png"
     image.write_bytes(image.read_bytes()[:100])  # truncated: named, nothing written
     with pytest.raises(DataError, match=re.escape(f"{image}: not a readable image (image file is truncated)")):
-        E.train_evaluator(root, out, cfg, progress=False)
+        ET.train_evaluator(root, out, cfg, progress=False)
     assert out.stat().st_mtime_ns == mtime and not partial.exists()
 
     Image.new("RGB", (64, 64), (200, 10, 10)).save(image)  # a valid, different image: trained on
     with monkeypatch.context() as m:  # interrupted: the partial state carries the new images' key
-        m.setattr(E, "augment", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        m.setattr(ET, "augment", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
-            E.train_evaluator(root, out, cfg, progress=False)
+            ET.train_evaluator(root, out, cfg, progress=False)
     assert torch.load(partial, weights_only=True)["data_key"] not in (key, None)
     st = image.stat()
     os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # touched again: that partial is stale
     capsys.readouterr()
-    E.train_evaluator(root, out, cfg, progress=False)
+    ET.train_evaluator(root, out, cfg, progress=False)
     printed = capsys.readouterr().out
     assert "ignoring" in printed and "resuming" not in printed and "saved" in printed
     assert torch.load(out, weights_only=True)["data_key"] != key and not partial.exists()
@@ -527,15 +528,15 @@ def test_train_evaluator_retrains_when_an_image_changes_and_names_a_broken_one(t
 
 def test_train_variants_and_config_checks(tmp_path, capsys):
     root = write_course_layout(tmp_path / "ds", n=24)
-    cfg = E.EvaluatorTrainConfig(**dict(TINY, epochs=1, optimizer="sgd", lr=0.05, channels_last=True,
+    cfg = ET.EvaluatorTrainConfig(**dict(TINY, epochs=1, optimizer="sgd", lr=0.05, channels_last=True,
                                         resolutions=((1.0, 64),)))
-    out = E.train_evaluator(root, tmp_path / "sgd.pth", cfg, progress=False)
+    out = ET.train_evaluator(root, tmp_path / "sgd.pth", cfg, progress=False)
     ev = E.Evaluator(out, device="cpu")
     assert all(v.is_contiguous() for v in ev.model.state_dict().values())
     assert ev.info["config"]["optimizer"] == "sgd" and ev.info["steps"] == 2
     # threads and the save cadence do not change the network: still up to date
     capsys.readouterr()
-    E.train_evaluator(root, out, E.EvaluatorTrainConfig(**dict(TINY, epochs=1, optimizer="sgd", lr=0.05,
+    ET.train_evaluator(root, out, ET.EvaluatorTrainConfig(**dict(TINY, epochs=1, optimizer="sgd", lr=0.05,
                       channels_last=True, resolutions=((1.0, 64),), threads=2, save_every_minutes=5)), progress=False)
     assert "up to date" in capsys.readouterr().out
     for bad, message in ((dict(optimizer="adam"), "expected 'adamw' or 'sgd'"),
@@ -544,20 +545,20 @@ def test_train_variants_and_config_checks(tmp_path, capsys):
                          (dict(round_trip=1.5), "round_trip: must be in [0, 1]"),
                          (dict(width=65), "width: must be in 1..64")):
         with pytest.raises(ConfigError, match=re.escape(message)):
-            E.EvaluatorTrainConfig(**bad)
-    assert 1 <= E.idle_cores() <= (os.cpu_count() or 1)
+            ET.EvaluatorTrainConfig(**bad)
+    assert 1 <= ET.idle_cores() <= (os.cpu_count() or 1)
 
 
 def test_idle_cores_reads_the_cpu_now_not_the_load_average(monkeypatch):
     """Right after `make run` renders data the 1-minute load average is still high; it must not cost a thread."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = E._cpu_busy(0.05)
+    busy = ET._cpu_busy(0.05)
     assert busy is None or 0 <= busy <= (os.cpu_count() or 1) + 1e-6
     monkeypatch.setattr(os, "getloadavg", lambda: (cores + 5.0, cores + 5.0, cores + 5.0))
-    monkeypatch.setattr(E, "_cpu_busy", lambda seconds=0.5: 0.0)
-    assert E.idle_cores() == cores
-    monkeypatch.setattr(E, "_cpu_busy", lambda seconds=0.5: None)  # no /proc/stat: the load average decides
-    assert E.idle_cores() == 1
+    monkeypatch.setattr(ET, "_cpu_busy", lambda seconds=0.5: 0.0)
+    assert ET.idle_cores() == cores
+    monkeypatch.setattr(ET, "_cpu_busy", lambda seconds=0.5: None)  # no /proc/stat: the load average decides
+    assert ET.idle_cores() == 1
 
 
 def test_cli_train_evaluator(tmp_path, capsys):

@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from PIL import Image
 
-from lab6.data import load_image_folder
+from lab6.data import TEST_SPLITS, load_image_folder
 from lab6.errors import Lab6Error
 from lab6.evaluator import Evaluator
 from lab6.run import NOTEBOOK_DIR, NOTEBOOKS
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A 12-scene synthetic dataset with a tiny (quickly trained) evaluator beside it."""
-    from lab6.evaluator import EvaluatorTrainConfig, train_evaluator
+    from lab6.evaluator_train import EvaluatorTrainConfig, train_evaluator
     from lab6.synth import write_dataset
 
     root = tmp_path_factory.mktemp("tiny") / "ds"
@@ -98,7 +98,7 @@ def test_run_metrics_are_recorded_and_consistent(tiny_run, tiny_data):
     assert m["03_training"]["steps"] == 12 and m["03_training"]["final_loss"] > 0  # --max-steps, not the profile's 20
     injected = nbformat.read(run_dir / "notebooks" / "03_training.ipynb", as_version=4).metadata["papermill"]["parameters"]
     assert (injected["max_steps"], injected["max_minutes"]) == (12, 30.0)  # the first limit ends training
-    for split in ("test", "new_test", "unseen_test"):
+    for split in TEST_SPLITS:
         d = m["04_sampling"]["deliverables"][split]
         assert d["guidance"] == 1.5  # `lab6 run --guidance` reaches notebook 04 ...
         assert 0 <= d["hits"] <= d["labels"] and d["accuracy"] == pytest.approx(d["hits"] / d["labels"], abs=1e-4)
