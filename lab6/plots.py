@@ -215,7 +215,6 @@ def denoising_strip(frames: torch.Tensor, timesteps, final: torch.Tensor | None 
 def plot_sampler_comparison(rows: dict, title: str = ""):
     """Accuracy and seconds per sampler setting (rows from compare.sampler_comparison)."""
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     names = list(rows)

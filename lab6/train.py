@@ -29,9 +29,21 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from .checkpoints import (EXPORT_DIR, TrainState, check_compatible, checkpoint_dirs, ema_weights, export_pipeline,
-                          build_pipeline, init_weights, load_checkpoint, repair_partial_saves, resolve_resume,
-                          save_checkpoint, set_aside_later_checkpoints)
+from .checkpoints import (
+    EXPORT_DIR,
+    TrainState,
+    build_pipeline,
+    check_compatible,
+    checkpoint_dirs,
+    ema_weights,
+    export_pipeline,
+    init_weights,
+    load_checkpoint,
+    repair_partial_saves,
+    resolve_resume,
+    save_checkpoint,
+    set_aside_later_checkpoints,
+)
 from .config import Config, TrainConfig, to_yaml
 from .data import CourseData, IclevrDataset, default_data_root, object_masks
 from .devices import resolve_device

@@ -342,10 +342,10 @@ ROWS = {
                            ["{tmp}/a_file/out: output folder cannot be created"]),
     "run-max-steps-negative": (lambda w, t: ["run", "--profile", "tiny", "--data-root", w.ds, "--out", t / "out",
                                              "--max-steps", -3], 1,
-                               ["--max-steps: expected 0 (the profile's) or a positive number of steps, got -3"]),
+                               ["--max-steps: expected a positive whole number, got -3"]),
     "run-max-minutes-negative": (lambda w, t: ["run", "--profile", "tiny", "--data-root", w.ds, "--out", t / "out",
                                                "--max-minutes", -1], 1,
-                                 ["--max-minutes: expected 0 (the profile's) or a positive number of minutes, got -1.0"]),
+                                 ["--max-minutes: expected a positive number of minutes, got -1.0"]),
     # checkpoints and exported models
     "resume-missing": (lambda w, t: _train(w, t, resume=t / "nope"), 1,
                        ["{tmp}/nope: checkpoint not found; pass --resume latest or a checkpoint-<step>/ folder"]),

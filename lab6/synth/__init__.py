@@ -9,8 +9,18 @@
 """
 from ..labels import PALETTE
 from .camera import Camera, Lights, sample_camera, sample_lights
-from .design import (BINDING_PATTERNS, TEST_SETS, binding_set, is_binding_heavy, object_pairs, sample_held_out,
-                     sample_new_test, sample_test, sample_train_labels, unseen_from_train)
+from .design import (
+                     BINDING_PATTERNS,
+                     TEST_SETS,
+                     binding_set,
+                     is_binding_heavy,
+                     object_pairs,
+                     sample_held_out,
+                     sample_new_test,
+                     sample_test,
+                     sample_train_labels,
+                     unseen_from_train,
+)
 from .render import RENDER_VERSION, SceneRender, encode_png, render_labels, render_scene
 from .scene import MATERIALS, SIZES, SceneObject, SynthConfig, scene_rng
 from .writer import RenderJob, cpu_count, render_job, render_jobs, sample_grid, write_dataset
