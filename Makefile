@@ -37,6 +37,7 @@ run: setup
 	$(PY) -m lab6 run --profile $(PROFILE) $(RUN_ARGS) $(ARGS)
 
 test: setup
+	$(PY) -m ruff check lab6 tests benchmarks
 	$(PY) -m pytest $(ARGS)
 
 lab: setup

@@ -23,8 +23,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (default_out, evaluator_info, format_table, int_list, load_average, machine_info,  # noqa: E402
-                     machine_line, run_main, write_csv)
+from _common import (  # noqa: E402
+    default_out,
+    evaluator_info,
+    format_table,
+    int_list,
+    load_average,
+    machine_info,
+    machine_line,
+    run_main,
+    write_csv,
+)
 
 from lab6.checker import CountChecker  # noqa: E402
 from lab6.compare import SAMPLER_SETTINGS  # noqa: E402

@@ -397,7 +397,7 @@ def orchestrate(args) -> int:
                     (out / "evaluator.started").unlink(missing_ok=True)
                 print(f"[{time.time() - t0:5.0f} s] {job} exited {codes[job]}", flush=True)
         if time.time() - t0 > args.deadline:
-            for job, (p, log) in procs.items():
+            for job, (p, _log) in procs.items():
                 if job not in codes:
                     p.kill()
                     codes[job] = "killed at deadline"

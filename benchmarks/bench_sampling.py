@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"in {r['seconds']:.1f} s", flush=True)
 
     summary, table = [], []
-    for name, sampler, steps in settings:
+    for name, _sampler, steps in settings:
         line = [name, steps]
         for w in scales:
             sel = [r for r in rows if r["setting"] == name and r["guidance"] == w]

@@ -5,7 +5,8 @@
 Each setting runs in fresh processes (libgomp reads its environment when torch loads): one process alone, then
 two at once (a CPU shared with another torch job). `PASSIVE` is what `import lab6` sets unless
 OMP_WAIT_POLICY is already set; `ACTIVE` spins; `spin=N` keeps lab6's PASSIVE but sets GOMP_SPINCOUNT=N,
-which overrides it: idle threads spin N times, then sleep (N = 300000 is libgomp's default when nothing is set). Prints images per second of a
+which overrides it: idle threads spin N times, then sleep
+(N = 300000 is libgomp's default when nothing is set). Prints images per second of a
 training step (batch 64, 2 threads): the evaluator at width 32 and 64 px, the quick profile's UNet.
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ def environment(setting: str) -> dict[str, str]:
 
 def measure(seconds: float) -> dict[str, float]:
     """Images per second of the two training steps in this process."""
-    import lab6  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads, as every entry point does)
+    import lab6  # noqa: F401, I001  (sets OMP_WAIT_POLICY before torch loads, as every entry point does)
     import torch
     import torch.nn.functional as F
 

@@ -63,7 +63,7 @@ def _is_literal(node) -> bool:
 
 def strip(nb, executed=None):
     """Clear outputs of unchecked cells; take checked cells' outputs from `executed` (same cells) if given."""
-    for i, c in enumerate(nb.cells):
+    for _i, c in enumerate(nb.cells):
         if c.cell_type != "code":
             continue
         if is_checked(c) and executed is not None:

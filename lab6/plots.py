@@ -99,7 +99,8 @@ def plot_label_stats(stats: dict, title: str = ""):
     cb = fig.colorbar(im, ax=ax2, fraction=0.046, pad=0.02)
     cb.set_label("images holding both objects")
     ax2.legend(handles=[Patch(facecolor="0.85", hatch="////", edgecolor="0.5", label="same object (no pair)"),
-                        plt.Line2D([], [], marker="x", color="crimson", ls="", label=f"never together ({never.sum() // 2} pairs)")],
+                        plt.Line2D([], [], marker="x", color="crimson", ls="",
+                                   label=f"never together ({never.sum() // 2} pairs)")],
                loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=9, frameon=False)
     fig.tight_layout()
     return fig

@@ -16,19 +16,17 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+from matplotlib.font_manager import FontProperties
+from matplotlib.mathtext import math_to_image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.font_manager import FontProperties  # noqa: E402
-from matplotlib.mathtext import math_to_image  # noqa: E402
-
-from .config import Config, config_from_dict, read_yaml  # noqa: E402
-from .data import PROJECT_ROOT, CourseData  # noqa: E402
-from .errors import CheckpointError, ConfigError  # noqa: E402
-from .evaluator import MISS_KINDS, find_evaluator  # noqa: E402
-from .io import atomic_path  # noqa: E402
-from .plots import read_metrics  # noqa: E402
+from .config import Config, config_from_dict, read_yaml
+from .data import PROJECT_ROOT, CourseData
+from .errors import CheckpointError, ConfigError
+from .evaluator import MISS_KINDS, find_evaluator
+from .io import atomic_path
+from .model import build_model, count_parameters
+from .plots import read_metrics
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 GRID_SPLITS = ("test", "new_test")  # the lab's two graded 8x4 grids
@@ -280,7 +278,8 @@ text-align:right}th:first-child{text-align:left}thead th{background:#f2f2f2}
 .eq{margin:.5rem 0 .5rem 1.5rem}.eq svg{max-width:100%;height:auto}
 img.px{image-rendering:pixelated;margin:1px}.grid{display:inline-block;vertical-align:top;margin:0 1rem 1rem 0}
 .grid .cells{width:540px}.legend{font-size:.62rem;width:540px;color:#444}figcaption{font-weight:600}
-.note{color:#555;font-size:.9rem}.cols{display:flex;flex-wrap:wrap;gap:0 1.2rem;align-items:flex-start}code{background:#f4f4f4;padding:0 .2rem}
+.note{color:#555;font-size:.9rem}
+.cols{display:flex;flex-wrap:wrap;gap:0 1.2rem;align-items:flex-start}code{background:#f4f4f4;padding:0 .2rem}
 @page{size:A4;margin:14mm}@media print{body{margin:0;max-width:none}h2{break-after:avoid}
 figure,table{break-inside:avoid}}
 """
@@ -320,7 +319,6 @@ def build_report(run_dir: str | os.PathLike, data_root: str | os.PathLike) -> st
     s.append("</ul>")
     # 2-3. Implementation, hyperparameters
     if cfg is not None:
-        from .model import build_model, count_parameters
         s += [implementation(cfg, count_parameters(build_model(cfg.model))), hyperparameters(cfg)]
     # 4. Results
     s.append("<h2>4. Results</h2>")

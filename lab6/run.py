@@ -8,11 +8,18 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import papermill as pm
+from papermill.exceptions import PapermillExecutionError
+
 from .config import DEFAULT_PROFILE, PROFILES, SAMPLERS, check_device
 from .data import DATA_DIR, PROJECT_ROOT, CourseData, default_data_root
 from .errors import CheckpointError, ConfigError, DataError, Lab6Error
-from .evaluator import is_default_synth
+from .evaluator import find_evaluator, is_default_synth
+from .evaluator_train import train_evaluator
 from .io import check_writable_dir, ensure_writable_dir, write_json
+from .progress import ENGINE, CellPrinter, TrainingWatch
+from .report import write_report
+from .synth import write_dataset
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 NOTEBOOKS = (
@@ -43,7 +50,7 @@ class RunConfig:
     guidance: float | None = None  # guidance scale in notebooks 04-05 (the model's); 1 = no guidance
     ddpm_1000: bool = True  # notebook 04 compares DDPM-1000 too (quick: ~2 min for 32 images on a 2-core CPU)
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         """Check every option once; a ConfigError names the command-line option."""
         if self.profile not in PROFILES:
             raise ConfigError(f"--profile: expected one of {', '.join(PROFILES)}, got {self.profile!r}")
@@ -59,7 +66,7 @@ class RunConfig:
             raise ConfigError(f"--guidance: expected a scale >= 0 (1 = no guidance), got {self.guidance}")
         return self
 
-    def resolved(self) -> "RunConfig":
+    def resolved(self) -> RunConfig:
         """A copy with the data root and run folder filled in and made absolute."""
         data_root = Path(self.data_root) if self.data_root else default_data_root()
         run_dir = Path(self.run_dir) if self.run_dir else PROJECT_ROOT / "outputs" / self.profile
@@ -81,7 +88,6 @@ def ensure_data(cfg: RunConfig) -> CourseData:
             hint = "copy the course's files there (see data/README.md)" if root.name == "iclevr" else \
                 f"render one with `lab6 synth --out {root}`, or leave --data-root out to use data/synth"
             raise DataError(f"{root}: no train.json; {hint}")
-        from .synth import write_dataset
         print(f"[data] rendering the synthetic dataset into {root} ({cfg.synth_scenes} scenes)", flush=True)
         write_dataset(root, scenes=cfg.synth_scenes, seed=cfg.seed)
     data = CourseData(root)
@@ -94,9 +100,6 @@ def ensure_evaluator(cfg: RunConfig) -> Path:
     another renderer setting without one, render an all-pairs training set beside it (`<root>-evaluator/`, so
     the evaluator knows the pairs unseen_test asks for) and train the course's ResNet-18 on it, saved as
     `<root>/evaluator.pth`."""
-    from .evaluator import find_evaluator
-    from .evaluator_train import train_evaluator
-    from .synth import write_dataset
     try:
         return find_evaluator(data_root=cfg.data_root)
     except CheckpointError:
@@ -129,10 +132,7 @@ def _completed(executed: Path) -> bool:
 def execute_notebook(name: str, cfg: RunConfig, out_dir: Path, prefix: str = "") -> Path:
     """Execute one notebook with papermill into out_dir, printing each cell as it starts; a failure names the
     notebook and the cell."""
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
 
-    from .progress import ENGINE, CellPrinter
 
     source = NOTEBOOK_DIR / name
     declared = pm.inspect_notebook(str(source))
@@ -151,8 +151,6 @@ def execute_notebook(name: str, cfg: RunConfig, out_dir: Path, prefix: str = "")
 
 def run_pipeline(cfg: RunConfig) -> Path:
     """Data -> evaluator -> notebooks 01..05 -> report.html (+ report.pdf with Chromium); returns the run folder."""
-    from .progress import TrainingWatch
-    from .report import write_report
 
     cfg = cfg.validate().resolved()
     check_writable_dir(cfg.run_dir)

@@ -290,7 +290,8 @@ def test_gpu_session_script_trains_full_quick_and_evaluator_on_the_cpu(tmp_path)
     ds = write_course_layout(tmp_path / "ds")
     out = tmp_path / "g"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    spec = "tiny+train.lr_scheduler=warmup_stable_decay+train.lr_warmup_steps=3+train.mixed_precision='no'"  # YAML reads a bare no as false
+    # YAML reads a bare no as false
+    spec = "tiny+train.lr_scheduler=warmup_stable_decay+train.lr_warmup_steps=3+train.mixed_precision='no'"
     r = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), "--data", str(ds), "--out", str(out),
                         "--device", "cpu", "--jobs", "evaluator,full,quick", "--full-profile", "tiny",
                         "--full-steps", "4", "--full-seeds", "0,1", "--quick-profile", spec, "--quick-steps", "6",
@@ -315,6 +316,7 @@ def test_gpu_sweep_variants_are_valid_quick_configs():
     recorded sweep stays reproducible now that its winner is the profile."""
     sys.path.insert(0, str(BENCH))
     import bench_gpu
+
     from lab6.config import load_config
     configs = {name: load_config("quick", **{k: dict(v) for k, v in over.items()})
                for name, over, _ in bench_gpu.VARIANTS}

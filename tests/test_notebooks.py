@@ -21,7 +21,7 @@ def test_notebook_defines_no_functions(name):
     """Thin notebooks: every function lives in lab6 and is imported."""
     nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
     src = "\n".join(c.source for c in nb.cells if c.cell_type == "code" and not c.source.startswith("%"))
-    src = "\n".join(l for l in src.splitlines() if not l.lstrip().startswith(("%", "!")))
+    src = "\n".join(line for line in src.splitlines() if not line.lstrip().startswith(("%", "!")))
     defs = [n.name for n in ast.walk(ast.parse(src)) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
     assert defs == [], f"{name} defines {defs}; move them into the lab6 package"
 

@@ -21,9 +21,9 @@ import torch
 from PIL import Image
 
 from lab6 import labels as L
+from lab6.checkpoints import checkpoint_problem, latest_checkpoint, load_run_config
 from lab6.cli import main
 from lab6.config import load_config
-from lab6.checkpoints import checkpoint_problem, latest_checkpoint, load_run_config
 from lab6.train import train
 from tests.conftest import REPO, write_course_layout
 

@@ -5,13 +5,13 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
+from lab6.checkpoints import build_pipeline
 from lab6.config import PROFILES
 from lab6.errors import ConfigError, LabelError
 from lab6.model import build_model
 from lab6.pipeline import ConditionalDDPMPipeline, guided
 from lab6.sample import generators, load_pipeline, sample, set_sampler
 from lab6.schedules import make_scheduler, sampler_name
-from lab6.checkpoints import build_pipeline
 
 SETS = [["red sphere", "cyan cube"], ["gray cube"], ["blue cylinder", "green sphere", "yellow cube"]]
 

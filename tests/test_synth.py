@@ -49,7 +49,7 @@ def test_layout_reads_with_the_data_layer(small):
     for split in data.splits():
         sets = data.label_sets(split)
         assert len(sets) == 32
-        for i, labels in enumerate(sets):  # a ground-truth render of every test set
+        for i, _labels in enumerate(sets):  # a ground-truth render of every test set
             assert Image.open(out / f"{split}_gt" / f"{i}.png").size == (64, 64)
     ds = IclevrDataset(out, cache=False)
     assert ds.images.shape == (12, 3, 64, 64)

@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 
 from lab6 import labels as L
+from lab6 import train as T
+from lab6.checkpoints import list_checkpoints
 from lab6.config import PROFILES, load_config
 from lab6.errors import ConfigError, TrainingError
-from lab6 import train as T
 from lab6.model import ConditionalUNet, build_model
 from lab6.schedules import alphas_cumprod
-from lab6.checkpoints import list_checkpoints
 from lab6.train import BatchOrder, diffusion_loss, train
 from tests.conftest import REPO, write_course_layout
 

@@ -210,7 +210,7 @@ class _SceneRenderer:
             depth[bb] = INF
             for c in range(3):
                 layer[c][bb] = 0
-            for i, h in enumerate(hits):
+            for h in hits:
                 vis = None
                 for j, v in h.shadows.items():
                     if j <= k:
