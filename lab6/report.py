@@ -12,6 +12,7 @@ import html
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -92,7 +93,8 @@ def equation(tex: str) -> str:
     buf = io.BytesIO()
     math_to_image(f"${tex}$", buf, prop=FontProperties(size=15), dpi=100, format="svg")
     svg = buf.getvalue().decode()
-    return '<div class="eq">' + svg[svg.index("<svg"):] + "</div>"
+    svg = re.sub(r"<metadata>.*?</metadata>", "", svg[svg.index("<svg"):], flags=re.S)  # drop the RDF block
+    return '<div class="eq">' + svg + "</div>"
 
 
 def image_grid(folder: Path, label_sets: list[list[str]], title: str) -> str:
