@@ -19,14 +19,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import labels as L
+from .data import DATA_DIR
 from .devices import resolve_device
 from .errors import CheckpointError, DataError, LabelError
 from .errors import first_line as _first_line
 from .synth import RENDER_VERSION, SynthConfig
 
 RESOLUTION = 64  # the course evaluator's input side
-COURSE_CHECKPOINT = Path("data") / "iclevr" / "checkpoint.pth"
-SYNTH_CHECKPOINT = Path("data") / "synth" / "evaluator.pth"
+COURSE_CHECKPOINT = DATA_DIR / "iclevr" / "checkpoint.pth"  # the data folder of lab6.data ($LAB6_DATA_DIR), any cwd
+SYNTH_CHECKPOINT = DATA_DIR / "synth" / "evaluator.pth"
 SHIPPED_EVALUATOR = Path(__file__).resolve().parents[1] / "pretrained" / "evaluator" / "checkpoint.pth"
 HOW_TO_GET = ("put the course's checkpoint.pth in data/iclevr/, or train one on the synthetic data with "
               "`lab6 train-evaluator --data data/synth`")

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -277,6 +278,8 @@ def test_breakdown_names_what_was_seen_instead():
 # ---------------------------------------------------------------- checkpoints
 def test_find_evaluator_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(E, "COURSE_CHECKPOINT", Path("data") / "iclevr" / "checkpoint.pth")
+    monkeypatch.setattr(E, "SYNTH_CHECKPOINT", Path("data") / "synth" / "evaluator.pth")
     with pytest.raises(CheckpointError, match=re.escape("lab6 train-evaluator --data data/synth")):
         E.find_evaluator()
     (tmp_path / "data" / "synth").mkdir(parents=True)
@@ -575,3 +578,18 @@ def test_cli_train_evaluator(tmp_path, capsys):
     assert cli.main(argv[:-2] + ["--seed", "3"]) == 0 and "up to date" in capsys.readouterr().out
     assert cli.main(argv + ["--batch-size", "0"]) == 1
     assert "batch_size: must be >= 1" in capsys.readouterr().err
+
+
+def test_find_evaluator_follows_the_data_folder_from_any_directory(tmp_path):
+    """Without a data root, the evaluator comes from lab6.data's folder ($LAB6_DATA_DIR), not the current one."""
+    import subprocess
+    import sys
+    (tmp_path / "data" / "iclevr").mkdir(parents=True)
+    (tmp_path / "data" / "iclevr" / "checkpoint.pth").write_bytes(b"x")
+    (tmp_path / "elsewhere").mkdir()
+    r = subprocess.run([sys.executable, "-c", "from lab6.evaluator import find_evaluator; print(find_evaluator())"],
+                       cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "LAB6_DATA_DIR": str(tmp_path / "data"),
+                            "PYTHONPATH": str(Path(E.__file__).parents[1])})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(tmp_path / "data" / "iclevr" / "checkpoint.pth")
