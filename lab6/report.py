@@ -287,6 +287,54 @@ figure,table{break-inside:avoid}}
 """
 
 
+def grids_section(run: Path, data: CourseData, m4: dict, shipped: bool) -> list[str]:
+    """The graded grids with their ground truth, the live model's grid, the denoising strip."""
+    s = []
+    s.append("<h3>The 8×4 grids</h3><p class='note'>Hover an image for its labels; the legend lists them by "
+             "index. Ground truth: renders of the same label sets.</p>")
+    for split in GRID_SPLITS:
+        if split not in data.splits():
+            continue
+        sets = data.label_sets(split)
+        d = m4.get("deliverables", {}).get(split, {})
+        title = f"{split}.json, generated — accuracy {fmt(d.get('accuracy'))}"
+        s.append(image_grid(run / "images" / split, sets, title))
+        if (data.root / f"{split}_gt").is_dir():
+            s.append(image_grid(data.root / f"{split}_gt", sets, f"{split}.json, ground truth"))
+    samples = sorted((run / "train" / "samples").glob("test-step-*.png"),
+                     key=lambda p: int(p.stem.rsplit("-", 1)[-1]) if p.stem.rsplit("-", 1)[-1].isdigit() else 0)
+    if shipped and samples:
+        s += ["<h3>The live model beside the shipped one</h3>",
+              f"<p class='note'>The model trained in this run ({esc(samples[-1].stem)}, its validation sampler) "
+              "on the first label sets of test.json; the grids above are the shipped model's.</p>",
+              img(samples[-1], "live model, validation grid", 540, "px")]
+    if (run / "denoising.png").exists():
+        s += ["<h3>Denoising process</h3><p class='note'>[\"red sphere\", \"cyan cylinder\", \"cyan cube\"]: "
+              "x<sub>t</sub> from noise (left) to the image (right).</p>", img(run / "denoising.png", "denoising")]
+    return s
+
+
+def ablations_section(run: Path, m4: dict, m5: dict) -> list[str]:
+    """Ablation table and images, the sampler comparison and the guidance sweep."""
+    s = []
+    s.append("<h2>5. Ablations</h2>")
+    if m5.get("ablation"):
+        s += ["<p>Each row re-samples every test file with the same seed: the default sampler and guidance, the "
+              "conditional model alone (w = 1), and no labels at all (chance level).</p>",
+              table(m5["ablation"], "file")]
+        figs = sorted((run / "figures").glob("ablation-*.png"))
+        s += [f"<figure class='grid'><figcaption>{esc(f.stem.split('-', 2)[-1].replace('_', ' '))}"
+              f"</figcaption>{img(f, f.stem, 540, 'px')}</figure>" for f in figs]
+    if m4.get("samplers"):
+        rows = {k: {c: v for c, v in r.items() if c in ("steps", "accuracy", "seconds")}
+                for k, r in m4["samplers"].items()}
+        s += ["<h3>Samplers</h3>", table(rows, "sampler")]
+    if m4.get("guidance"):
+        s += ["<h3>Guidance scale</h3>", table({f"w = {w}": {sp: v[w] for sp, v in m4["guidance"].items()}
+                                                 for w in next(iter(m4["guidance"].values()))}, "guidance")]
+    return s
+
+
 def build_report(run_dir: str | os.PathLike, data_root: str | os.PathLike) -> str:
     """The report's HTML for a finished run."""
     run, data = Path(run_dir), CourseData(data_root)
@@ -346,45 +394,10 @@ def build_report(run_dir: str | os.PathLike, data_root: str | os.PathLike) -> st
             s.append(f"<p>FID {fid['fid']:.1f} (floor {fid['floor']['fid']:.1f}), KID {fid['kid']:.4f} (floor "
                      f"{fid['floor']['kid']:.4f}) on {fid['fake']} generated images against {fid['real']} renders, "
                      "on the evaluator's pooled features.</p>")
-    s.append("<h3>The 8×4 grids</h3><p class='note'>Hover an image for its labels; the legend lists them by "
-             "index. Ground truth: renders of the same label sets.</p>")
-    for split in GRID_SPLITS:
-        if split not in data.splits():
-            continue
-        sets = data.label_sets(split)
-        d = m4.get("deliverables", {}).get(split, {})
-        title = f"{split}.json, generated — accuracy {fmt(d.get('accuracy'))}"
-        s.append(image_grid(run / "images" / split, sets, title))
-        if (data.root / f"{split}_gt").is_dir():
-            s.append(image_grid(data.root / f"{split}_gt", sets, f"{split}.json, ground truth"))
-    samples = sorted((run / "train" / "samples").glob("test-step-*.png"),
-                     key=lambda p: int(p.stem.rsplit("-", 1)[-1]) if p.stem.rsplit("-", 1)[-1].isdigit() else 0)
-    if shipped and samples:
-        s += ["<h3>The live model beside the shipped one</h3>",
-              f"<p class='note'>The model trained in this run ({esc(samples[-1].stem)}, its validation sampler) "
-              "on the first label sets of test.json; the grids above are the shipped model's.</p>",
-              img(samples[-1], "live model, validation grid", 540, "px")]
-    if (run / "denoising.png").exists():
-        s += ["<h3>Denoising process</h3><p class='note'>[\"red sphere\", \"cyan cylinder\", \"cyan cube\"]: "
-              "x<sub>t</sub> from noise (left) to the image (right).</p>", img(run / "denoising.png", "denoising")]
+    s += grids_section(run, data, m4, shipped)
     if m5.get("breakdown"):
         s += ["<h3>Error analysis</h3>", table(m5["breakdown"], "file")]
-    # 5. Ablations
-    s.append("<h2>5. Ablations</h2>")
-    if m5.get("ablation"):
-        s += ["<p>Each row re-samples every test file with the same seed: the default sampler and guidance, the "
-              "conditional model alone (w = 1), and no labels at all (chance level).</p>",
-              table(m5["ablation"], "file")]
-        figs = sorted((run / "figures").glob("ablation-*.png"))
-        s += [f"<figure class='grid'><figcaption>{esc(f.stem.split('-', 2)[-1].replace('_', ' '))}"
-              f"</figcaption>{img(f, f.stem, 540, 'px')}</figure>" for f in figs]
-    if m4.get("samplers"):
-        rows = {k: {c: v for c, v in r.items() if c in ("steps", "accuracy", "seconds")}
-                for k, r in m4["samplers"].items()}
-        s += ["<h3>Samplers</h3>", table(rows, "sampler")]
-    if m4.get("guidance"):
-        s += ["<h3>Guidance scale</h3>", table({f"w = {w}": {sp: v[w] for sp, v in m4["guidance"].items()}
-                                                 for w in next(iter(m4["guidance"].values()))}, "guidance")]
+    s += ablations_section(run, m4, m5)
     s.append(discussion(acc, beyond, m5.get("breakdown", {}), m5.get("ablation", {}), fid))
     if live_cfg is not None and cfg is not None and shipped:
         s.append("<p class='note'>The live model of this run uses the same profile's network; its training budget "
