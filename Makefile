@@ -14,9 +14,8 @@ ARGS ?=
 # 20, and notebook 04 leaves DDPM-1000 out of its sampler comparison. On a GPU: `make run RUN_ARGS=` (the profile's
 # whole training and every sampler).
 RUN_ARGS ?= --max-minutes 14 --no-ddpm-1000
-# `make run` has the machine to itself, so idle OpenMP threads spin briefly before they sleep (lab6 on its own
-# sets OMP_WAIT_POLICY=PASSIVE, right for a shared CPU): 37 % faster UNet and 44 % faster evaluator steps alone on the
-# Intel Xeon, 37 % slower beside another torch job, no gain on an AVX2-only AMD EPYC (benchmarks/bench_threads.py).
+# `make run` has the machine to itself, so idle OpenMP threads spin briefly before they sleep (lab6 alone sets
+# OMP_WAIT_POLICY=PASSIVE, right for a shared CPU); measured by benchmarks/bench_threads.py (up to 44 % faster steps).
 # `make run GOMP_SPINCOUNT=0` sleeps at once.
 run: export GOMP_SPINCOUNT ?= 10000
 
