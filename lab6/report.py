@@ -277,10 +277,10 @@ color:#222;line-height:1.45}
 h1{font-size:1.7rem}h2{border-bottom:1px solid #ccc;padding-bottom:.2rem;margin-top:2rem}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.85rem}th,td{border:1px solid #ccc;padding:.2rem .5rem;
 text-align:right}th:first-child{text-align:left}thead th{background:#f2f2f2}
-.eq{margin:.5rem 0 .5rem 1.5rem}.eq svg{max-width:100%;height:auto}
+.eq{margin:.5rem 0 .5rem 1.5rem}.eq svg{max-width:100%;height:auto}img{max-width:100%;height:auto}
 img.px{image-rendering:pixelated;margin:1px}.grid{display:inline-block;vertical-align:top;margin:0 1rem 1rem 0}
 .grid .cells{width:540px}.legend{font-size:.62rem;width:540px;color:#444}figcaption{font-weight:600}
-.note{color:#555;font-size:.9rem}
+.note{color:#555;font-size:.9rem}figure{margin:1rem 0}
 .cols{display:flex;flex-wrap:wrap;gap:0 1.2rem;align-items:flex-start}code{background:#f4f4f4;padding:0 .2rem}
 @page{size:A4;margin:14mm}@media print{body{margin:0;max-width:none}h2{break-after:avoid}
 figure,table{break-inside:avoid}}
@@ -309,8 +309,9 @@ def grids_section(run: Path, data: CourseData, m4: dict, shipped: bool) -> list[
               "on the first label sets of test.json; the grids above are the shipped model's.</p>",
               img(samples[-1], "live model, validation grid", 540, "px")]
     if (run / "denoising.png").exists():
-        s += ["<h3>Denoising process</h3><p class='note'>[\"red sphere\", \"cyan cylinder\", \"cyan cube\"]: "
-              "x<sub>t</sub> from noise (left) to the image (right).</p>", img(run / "denoising.png", "denoising")]
+        s += ["<figure><h3>Denoising process</h3><p class='note'>[\"red sphere\", \"cyan cylinder\", \"cyan cube\"]: "
+              "x<sub>t</sub> from noise (left) to the image (right).</p>", img(run / "denoising.png", "denoising"),
+              "</figure>"]
     return s
 
 
@@ -326,7 +327,8 @@ def ablations_section(run: Path, m4: dict, m5: dict) -> list[str]:
         s += [f"<figure class='grid'><figcaption>{esc(f.stem.split('-', 2)[-1].replace('_', ' '))}"
               f"</figcaption>{img(f, f.stem, 540, 'px')}</figure>" for f in figs]
     if m4.get("samplers"):
-        rows = {k: {c: v for c, v in r.items() if c in ("steps", "accuracy", "seconds")}
+        rows = {k: {"steps": r.get("steps"), "accuracy": r.get("accuracy"),
+                    "seconds": None if r.get("seconds") is None else f"{r['seconds']:.1f}"}
                 for k, r in m4["samplers"].items()}
         s += ["<h3>Samplers</h3>", table(rows, "sampler")]
     if m4.get("guidance"):
