@@ -48,6 +48,7 @@ class ModelConfig:
     dropout: float = 0.0
     num_classes: int = 24
     patch_size: int = 1  # >1: the UNet sees p×p pixel patches as channels and runs at sample_size / p
+    object_tokens: int | None = None  # D: one D-wide token per object, read by cross-attention (mid + Attn blocks)
 
 
 @dataclass
@@ -292,24 +293,7 @@ def validate_config(cfg: Config, where: str = "") -> Config:
         bad("train.timestep_sampling", f"expected one of {', '.join(TIMESTEP_SAMPLING)}, got {t.timestep_sampling!r}")
     if t.timestep_sampling == "importance" and t.min_snr_gamma is None:
         bad("train.timestep_sampling", "'importance' draws t by the min-SNR weights; set train.min_snr_gamma too")
-    if m.output_size % m.sample_size:
-        bad("model.sample_size", f"{m.sample_size} must divide output_size {m.output_size}")
-    n = len(m.block_out_channels)
-    if n == 0 or len(m.down_block_types) != n or len(m.up_block_types) != n:
-        bad("model.block_out_channels", f"down_block_types, up_block_types and block_out_channels need equal "
-                                        f"lengths, got {len(m.down_block_types)}, {len(m.up_block_types)}, {n}")
-    if m.patch_size <= 0 or m.sample_size % m.patch_size:
-        bad("model.patch_size", f"must be > 0 and divide sample_size {m.sample_size}, got {m.patch_size}")
-    if (m.sample_size // m.patch_size) % (2 ** (n - 1)):
-        bad("model.sample_size", f"{m.sample_size} / patch_size {m.patch_size} is not divisible by 2^{n - 1} "
-                                 f"({n} resolution levels)")
-    for b in (*m.down_block_types, *m.up_block_types):
-        if b not in BLOCKS:
-            bad("model.down_block_types", f"unknown block {b!r}; valid: {', '.join(BLOCKS)}")
-    if any(c % m.norm_num_groups for c in m.block_out_channels):
-        bad("model.norm_num_groups", f"{m.norm_num_groups} must divide every channel count {m.block_out_channels}")
-    if m.resnet_time_scale_shift not in ("default", "scale_shift"):
-        bad("model.resnet_time_scale_shift", f"must be 'default' or 'scale_shift', got {m.resnet_time_scale_shift!r}")
+    _check_model(m, bad)
     if s.beta_schedule not in BETA_SCHEDULES:
         bad("schedule.beta_schedule", f"must be one of {', '.join(BETA_SCHEDULES)}, got {s.beta_schedule!r}")
     if s.prediction_type not in PREDICTION_TYPES:
@@ -330,6 +314,30 @@ def validate_config(cfg: Config, where: str = "") -> Config:
         bad("train.lr_decay_fraction", f"must be in (0, 1], got {t.lr_decay_fraction!r}")
     check_device(t.device, f"{where}train.device")
     return cfg
+
+
+def _check_model(m: ModelConfig, bad) -> None:
+    """The model section's checks; bad(name, msg) raises."""
+    n = len(m.block_out_channels)
+    if m.output_size % m.sample_size:
+        bad("model.sample_size", f"{m.sample_size} must divide output_size {m.output_size}")
+    if n == 0 or len(m.down_block_types) != n or len(m.up_block_types) != n:
+        bad("model.block_out_channels", f"down_block_types, up_block_types and block_out_channels need equal "
+                                        f"lengths, got {len(m.down_block_types)}, {len(m.up_block_types)}, {n}")
+    if m.patch_size <= 0 or m.sample_size % m.patch_size:
+        bad("model.patch_size", f"must be > 0 and divide sample_size {m.sample_size}, got {m.patch_size}")
+    if (m.sample_size // m.patch_size) % (2 ** (n - 1)):
+        bad("model.sample_size", f"{m.sample_size} / patch_size {m.patch_size} is not divisible by 2^{n - 1} "
+                                 f"({n} resolution levels)")
+    for b in (*m.down_block_types, *m.up_block_types):
+        if b not in BLOCKS:
+            bad("model.down_block_types", f"unknown block {b!r}; valid: {', '.join(BLOCKS)}")
+    if any(c % m.norm_num_groups for c in m.block_out_channels):
+        bad("model.norm_num_groups", f"{m.norm_num_groups} must divide every channel count {m.block_out_channels}")
+    if m.resnet_time_scale_shift not in ("default", "scale_shift"):
+        bad("model.resnet_time_scale_shift", f"must be 'default' or 'scale_shift', got {m.resnet_time_scale_shift!r}")
+    if m.object_tokens is not None and m.object_tokens <= 0:
+        bad("model.object_tokens", f"must be > 0 (or empty for no object tokens), got {m.object_tokens}")
 
 
 def check_guidance_scale(scale: float, where: str = "guidance_scale") -> float:

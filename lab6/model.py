@@ -9,18 +9,27 @@ R/p, where a CPU spends far less time per image on the norm/activation overhead 
 Because the projection is a registered submodule of a ModelMixin/ConfigMixin class, `save_pretrained` /
 `from_pretrained` round-trip it (assigning `unet.class_embedding = nn.Linear(...)` on a plain UNet2DModel
 is lost on reload).
+
+With `object_tokens` D set, each object of the label set also becomes one token, colour embedding + shape
+embedding (D wide), that the attention blocks read by cross-attention (diffusers UNet2DConditionModel, its
+CrossAttn blocks where the config names Attn blocks): one slot per object binds a colour to its shape and says
+how many objects to draw. A learned scene token is always present, so a label set with no objects (the "no
+condition" input) still has something to attend to.
 """
 from __future__ import annotations
 
 import dataclasses
 
 import torch
-from diffusers import ModelMixin, UNet2DModel
+from diffusers import ModelMixin, UNet2DConditionModel, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 from torch.nn import functional as F
 
 from .config import ModelConfig
+from .labels import COLORS, MAX_OBJECTS, SHAPES
+
+CROSS_ATTN = {"AttnDownBlock2D": "CrossAttnDownBlock2D", "AttnUpBlock2D": "CrossAttnUpBlock2D"}
 
 
 class ConditionalUNet(ModelMixin, ConfigMixin):
@@ -43,18 +52,28 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         num_classes: int = 24,
         in_channels: int = 3,
         patch_size: int = 1,
+        object_tokens: int | None = None,
     ):
         super().__init__()
         time_embed_dim = time_embedding_dim or 4 * block_out_channels[0]
         patch_channels = in_channels * patch_size**2
-        self.unet = UNet2DModel(
-            sample_size=sample_size // patch_size, in_channels=patch_channels, out_channels=patch_channels,
-            block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
-            down_block_types=tuple(down_block_types), up_block_types=tuple(up_block_types),
-            attention_head_dim=attention_head_dim, norm_num_groups=norm_num_groups,
-            time_embedding_dim=time_embed_dim, resnet_time_scale_shift=resnet_time_scale_shift,
-            dropout=dropout, class_embed_type="identity",
-        )
+        common = dict(sample_size=sample_size // patch_size, in_channels=patch_channels, out_channels=patch_channels,
+                      block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+                      norm_num_groups=norm_num_groups, time_embedding_dim=time_embed_dim,
+                      resnet_time_scale_shift=resnet_time_scale_shift, dropout=dropout, class_embed_type="identity")
+        if object_tokens is None:
+            self.unet = UNet2DModel(down_block_types=tuple(down_block_types), up_block_types=tuple(up_block_types),
+                                    attention_head_dim=attention_head_dim, **common)
+        else:
+            # UNet2DConditionModel reads attention_head_dim as heads per block: keep attention_head_dim wide heads
+            self.unet = UNet2DConditionModel(
+                down_block_types=tuple(CROSS_ATTN.get(b, b) for b in down_block_types),
+                up_block_types=tuple(CROSS_ATTN.get(b, b) for b in up_block_types),
+                attention_head_dim=tuple(max(1, c // attention_head_dim) for c in block_out_channels),
+                cross_attention_dim=object_tokens, **common)
+            self.colour_embedding = nn.Embedding(len(COLORS), object_tokens)  # (8, D)
+            self.shape_embedding = nn.Embedding(len(SHAPES), object_tokens)  # (3, D)
+            self.scene_token = nn.Parameter(torch.randn(1, 1, object_tokens) * 0.02)  # (1, 1, D)
         self.label_embedding = nn.Linear(num_classes, time_embed_dim)  # y (B, 24) -> (B, time_embed_dim)
 
     def forward(self, xt: torch.Tensor, t: torch.Tensor | int, labels: torch.Tensor) -> torch.Tensor:
@@ -62,7 +81,21 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         p = self.config.patch_size
         y_emb = self.label_embedding(labels.to(self.label_embedding.weight.dtype))  # (B, time_embed_dim)
         patches = F.pixel_unshuffle(xt, p)  # (B, 3p², R/p, R/p); the identity for p = 1
-        return F.pixel_shuffle(self.unet(patches, t, class_labels=y_emb).sample, p)  # (B, 3, R, R)
+        if self.config.object_tokens is None:
+            out = self.unet(patches, t, class_labels=y_emb).sample
+        else:
+            tokens, mask = self.object_tokens(labels)
+            out = self.unet(patches, t, encoder_hidden_states=tokens, class_labels=y_emb,
+                            encoder_attention_mask=mask).sample
+        return F.pixel_shuffle(out, p)  # (B, 3, R, R)
+
+    def object_tokens(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scene token + one token per object of multi-hot labels (B, 24) -> tokens (B, 1+3, D), mask (B, 1+3)."""
+        value, index = labels.topk(MAX_OBJECTS, dim=1)  # (B, 3): the set's objects first, then absent classes
+        tokens = self.colour_embedding(index % len(COLORS)) + self.shape_embedding(index // len(COLORS))  # (B, 3, D)
+        scene = self.scene_token.expand(labels.shape[0], 1, -1).to(tokens.dtype)  # (B, 1, D)
+        mask = torch.cat([torch.ones_like(value[:, :1]), (value > 0.5).to(value.dtype)], dim=1)  # (B, 1+3)
+        return torch.cat([scene, tokens], dim=1), mask
 
 
 def build_model(cfg: ModelConfig) -> ConditionalUNet:

@@ -85,6 +85,51 @@ def test_bad_patch_size_is_rejected():
         load_config("tiny", patch_size=16)
 
 
+@pytest.fixture
+def tokens_model():
+    """The tiny profile with one 16-wide token per object, read by cross-attention."""
+    torch.manual_seed(0)
+    return build_model(dataclasses.replace(PROFILES["tiny"].model, object_tokens=16)).eval()
+
+
+def test_object_tokens_are_colour_plus_shape_and_mask_the_absent(tokens_model):
+    y = L.encode_batch([["cyan cube", "gray cylinder"], ["red sphere"]])
+    y = torch.cat([y, torch.zeros(1, L.NUM_CLASSES)])  # the "no condition" input of guidance
+    tokens, mask = tokens_model.object_tokens(y)  # (3, 1+3, 16), (3, 1+3)
+    assert tokens.shape == (3, 4, 16) and mask.tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]]
+    m = tokens_model
+
+    def token(name):
+        i = L.OBJECT_TO_INDEX[name]
+        return m.colour_embedding.weight[i % 8] + m.shape_embedding.weight[i // 8]
+
+    want = [token("cyan cube"), token("gray cylinder")]
+    got = [tokens[0, 1], tokens[0, 2]]
+    assert any(all(torch.allclose(a, b) for a, b in zip(want, perm)) for perm in (got, got[::-1]))
+    assert torch.equal(tokens[:, 0], m.scene_token[0].expand(3, 16))
+
+
+def test_object_tokens_bind_colour_to_shape(tokens_model, tmp_path):
+    """Same colours, same shapes, bound the other way: the tokens alone tell the two scenes apart."""
+    with torch.no_grad():
+        tokens_model.label_embedding.weight.zero_()  # the multi-hot path now says nothing about the set
+    xt, t, _ = _inputs(2)
+    a = L.encode_batch([["red cube", "blue sphere"]] * 2)
+    b = L.encode_batch([["blue cube", "red sphere"]] * 2)
+    with torch.no_grad():
+        assert (tokens_model(xt, t, a) - tokens_model(xt, t, b)).abs().amax() > 1e-4
+    tokens_model.save_pretrained(tmp_path)
+    loaded = ConditionalUNet.from_pretrained(tmp_path).eval()
+    assert loaded.config.object_tokens == 16
+    with torch.no_grad():
+        assert torch.equal(tokens_model(xt, t, a), loaded(xt, t, a))
+
+
+def test_bad_object_tokens_are_rejected():
+    with pytest.raises(ConfigError, match="model.object_tokens: must be > 0"):
+        load_config("tiny", object_tokens=0)
+
+
 def test_parameter_counts_per_profile():
     assert count_parameters(build_model(PROFILES["tiny"].model)) < 20_000
     assert 8_000_000 < count_parameters(build_model(PROFILES["quick"].model)) < 8_800_000  # 8.39 M on 4×4 patches
