@@ -15,15 +15,7 @@ DEVICE=${DEVICE:-cuda}
 WORKERS=${WORKERS:-16}
 W=${W:-/tmp/round3}
 PY=${PY:-python3}
-mkdir -p "$W/logs" "$OUT"
-if [ -d .whl ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
-T0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-{ nvidia-smi -L 2>/dev/null; $PY -c "import torch, diffusers, sys; print(sys.version.split()[0], torch.__version__, diffusers.__version__)"; nproc; } | tee "$W/logs/machine.txt"
+source benchmarks/gpu_env.sh
 
 stamp "render the default synthetic set"
 $PY -m lab6 synth --out data/synth --scenes "$SCENES" --workers "$WORKERS" > "$W/logs/synth.log" 2>&1 || { cat "$W/logs/synth.log"; exit 1; }

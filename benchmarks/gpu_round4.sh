@@ -4,7 +4,8 @@
 # end, all at once on one card. What must last comes back in $OUT as <= 15 MB parts of one tar, plus summary.txt.
 #
 #   bash benchmarks/gpu_round4.sh            # on the device machine, from the repository root; OUT must be set
-#   MINUTES=0.3 FULL_MINUTES=0.2 SCENES=60 DEVICE=cpu PROFILE_FULL=tiny bash benchmarks/gpu_round4.sh  # tiny, on a CPU
+#   MINUTES=0.3 FULL_MINUTES=0.2 SCENES=60 DATA=/tmp/r4data DEVICE=cpu PROFILE_FULL=tiny W=/tmp/r4 OUT=/tmp/r4out \
+#     bash benchmarks/gpu_round4.sh    # the same steps, tiny, on a CPU (under 2 minutes)
 #
 # Rejoin here with `cat OUT/part-* | tar x -C DEST`; then score the two UNets on the CPU with
 # `benchmarks/bench_fidelity.py --models DEST/v3/pipeline,DEST/v3-tokens/pipeline --seeds 0-2`.
@@ -12,31 +13,24 @@ set -uo pipefail
 MINUTES=${MINUTES:-6.0}            # UNet training budget (each recipe's max_steps may end it first)
 FULL_MINUTES=${FULL_MINUTES:-3.0}  # notebook 03's training in `lab6 run --profile full`
 SCENES=${SCENES:-6000}             # the default synthetic set
+DATA=${DATA:-data/synth}           # where it is rendered
 DEVICE=${DEVICE:-cuda}
 PROFILE_FULL=${PROFILE_FULL:-full}
 W=${W:-/tmp/round4}
 PY=${PY:-python3}
-mkdir -p "$W/logs" "$OUT"
-if [ -d .whl ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
-T0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-{ nvidia-smi -L 2>/dev/null; $PY -c "import torch, diffusers, sys; print(sys.version.split()[0], torch.__version__, diffusers.__version__)"; nproc; } | tee "$W/logs/machine.txt"
+source benchmarks/gpu_env.sh
 
 stamp "render the default synthetic set"
-$PY -m lab6 synth --out data/synth --scenes "$SCENES" > "$W/logs/synth.log" 2>&1 || { cat "$W/logs/synth.log"; exit 1; }
+$PY -m lab6 synth --out "$DATA" --scenes "$SCENES" > "$W/logs/synth.log" 2>&1 || { cat "$W/logs/synth.log"; exit 1; }
 
 for v in v3 v3-tokens; do
   stamp "start UNet $v"
-  $PY -m lab6 train --profile quick --config "benchmarks/recipes/quick64-$v.yaml" --data data/synth --out "$W/$v" \
+  $PY -m lab6 train --profile quick --config "benchmarks/recipes/quick64-$v.yaml" --data "$DATA" --out "$W/$v" \
     --max-minutes "$MINUTES" --device "$DEVICE" --no-progress > "$W/logs/train-$v.log" 2>&1 &
 done
 ( stamp "lab6 run --profile $PROFILE_FULL --device $DEVICE"
   $PY -m lab6 run --profile "$PROFILE_FULL" --device "$DEVICE" --max-minutes "$FULL_MINUTES" --out "$W/full-run" \
-    --data-root data/synth > "$W/logs/lab6-run-full.log" 2>&1
+    --data-root "$DATA" > "$W/logs/lab6-run-full.log" 2>&1
   stamp "lab6 run done: $?" ) &
 wait
 stamp "all jobs ended"
