@@ -6,8 +6,11 @@ from collections.abc import Sequence
 
 import torch
 
+from .data import from_uint8
 from .evaluator import Evaluator
+from .fidelity import fid_kid
 from .sample import sample
+from .synth import render_labels
 
 # (name, sampler, steps): the sampler comparison the course report asks for.
 SAMPLER_SETTINGS = (
@@ -71,10 +74,6 @@ def fidelity(pipe, splits: dict[str, list], evaluator: Evaluator, checker, seeds
     """Every split sampled once per seed; per split top-k (mean, std over seeds), exact-scene accuracy and the
     shares of images with a duplicated / unrequested / missing object; pooled FID and KID against fresh renders
     of the same label sets, with their floor (the same label sets rendered with another seed)."""
-    from .data import from_uint8
-    from .fidelity import fid_kid
-    from .synth import render_labels
-
     images, sets, per_split, t0 = [], [], {}, time.perf_counter()
     for split, label_sets in splits.items():
         accs, reads = [], []

@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 
 from .data import to_uint8
+from .io import atomic_path
+from .labels import COLORS, OBJECTS, SHAPES
 from .labels import PALETTE as _PALETTE
 
 
@@ -73,8 +75,6 @@ def plot_label_stats(stats: dict, title: str = ""):
     """Bar chart of class frequencies and a heat map of co-occurrences (from data.label_stats)."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
-
-    from .labels import OBJECTS
 
     n = len(OBJECTS)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(16, 7.5), gridspec_kw={"width_ratios": [1, 1.15]})
@@ -260,8 +260,6 @@ def plot_confusions(results, title: str = ""):
     are grey shades with hatching, so no bar colour can be read as an object colour."""
     import matplotlib.pyplot as plt
 
-    from .labels import COLORS, SHAPES
-
     kinds = sorted({m.kind for r in results for m in r.misses}) or ["missing"]
     by = {"colour": {c: dict.fromkeys(kinds, 0) for c in COLORS}, "shape": {s: dict.fromkeys(kinds, 0) for s in SHAPES}}
     wanted = {"colour": dict.fromkeys(COLORS, 0), "shape": dict.fromkeys(SHAPES, 0)}
@@ -349,7 +347,5 @@ class LivePlot:
 
 def save_figure(fig, path, dpi: int = 120) -> None:
     """Save a matplotlib figure as PNG atomically."""
-    from .io import atomic_path
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")

@@ -11,6 +11,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
 
 from .config import SAMPLERS, ScheduleConfig
+from .data import to_uint8
 from .errors import ConfigError
 
 SAMPLER_CLASSES = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,
@@ -164,8 +165,6 @@ def plot_forward_process(x0: torch.Tensor, timesteps: Sequence[int] = (0, 50, 10
                          schedules=None, generator: torch.Generator | None = None):
     """Figure of x_t ~ q(x_t | x_0) for one image x0 (3, H, W) in [-1, 1]: one row per schedule, same eps."""
     import matplotlib.pyplot as plt
-
-    from .data import to_uint8
 
     x0 = x0[0] if x0.ndim == 4 else x0  # (3, H, W)
     eps = torch.randn(x0.shape, generator=generator)  # (3, H, W), shared by all rows

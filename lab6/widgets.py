@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import torch
 
+from .data import to_uint8
+from .labels import COLORS, SHAPES
+from .plots import make_grid
+from .schedules import alphas_cumprod, q_sample
+
 
 def forward_slider(x0: torch.Tensor, schedule=None, seed: int = 0):
     """A slider over t showing x_t ~ q(x_t | x_0) for one image x0 (3, H, W) in [-1, 1] with fixed eps."""
     import ipywidgets as W
     from IPython.display import display
     from PIL import Image
-
-    from .data import to_uint8
-    from .schedules import alphas_cumprod, q_sample
 
     a = alphas_cumprod(schedule)
     x0 = x0[None] if x0.ndim == 3 else x0[:1]  # (1, 3, H, W)
@@ -37,9 +39,6 @@ def label_picker(pipe, num_images: int = 4, steps: int = 25, guidance_scale: flo
     """Pick 1-3 objects, press Generate, and see `num_images` samples from `pipe` for that label set."""
     import ipywidgets as W
     from IPython.display import display
-
-    from .labels import COLORS, SHAPES
-    from .plots import make_grid
 
     rows = []
     for i in range(3):
