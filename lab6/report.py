@@ -276,6 +276,10 @@ def discussion(acc: dict, beyond: dict, breakdown: dict, ablation: dict, fid: di
     return "<h2>6. Discussion</h2>" + "".join(f"<p>{s}</p>" for s in out)
 
 
+SYNTHETIC_REFERENCE = ("<p class='note'>The count checker was trained on this project's renders and FID / KID compare "
+                       "against them: on the course's images both measure the distance to the synthetic renderer, not "
+                       "to the course's data. Read them as indicative; top-k is the course's measure.</p>")
+
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;
 color:#222;line-height:1.45}
@@ -401,6 +405,8 @@ def build_report(run_dir: str | os.PathLike, data_root: str | os.PathLike) -> st
             s.append(f"<p>FID {fid['fid']:.1f} (floor {fid['floor']['fid']:.1f}), KID {fid['kid']:.4f} (floor "
                      f"{fid['floor']['kid']:.4f}) on {fid['fake']} generated images against {fid['real']} renders, "
                      "on the evaluator's pooled features.</p>")
+        if not (data.root / ".synth.json").exists():
+            s.append(SYNTHETIC_REFERENCE)
     s += grids_section(run, data, m4, shipped)
     if m5.get("breakdown"):
         s += ["<h3>Error analysis</h3>", table(m5["breakdown"], "file")]
