@@ -92,6 +92,14 @@ def read_label_file(path: str | os.PathLike) -> list[list[str]]:
     return [L.validate(s, f"{path}: entry {i}") for i, s in enumerate(obj)]
 
 
+SYNTH_STATE = ".synth.json"  # what `lab6 synth` records beside the renders it writes
+
+
+def is_synthetic(root: str | os.PathLike) -> bool:
+    """Whether `root` was rendered by `lab6 synth` (not the course's images)."""
+    return (Path(root) / SYNTH_STATE).exists()
+
+
 def default_data_root() -> Path:
     """data/iclevr when it holds the course's train.json, else data/synth (the rendered default)."""
     course = DATA_DIR / "iclevr"

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import labels as L
-from .data import DATA_DIR
+from .data import DATA_DIR, SYNTH_STATE
 from .devices import resolve_device
 from .errors import CheckpointError, DataError, LabelError
 from .errors import first_line as _first_line
@@ -138,7 +138,7 @@ def is_default_synth(root: str | os.PathLike) -> bool:
     """Whether `root` holds synthetic data of the default renderer (its .synth.json says so): the shipped
     evaluator's kind of scene."""
     try:
-        state = json.loads((Path(root) / ".synth.json").read_text())
+        state = json.loads((Path(root) / SYNTH_STATE).read_text())
     except (OSError, ValueError):
         return False
     return isinstance(state, dict) and state.get("renderer") == RENDER_VERSION \

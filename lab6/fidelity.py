@@ -14,6 +14,10 @@ from torch import nn
 
 from .evaluator import Evaluator, ResNet18
 
+RENDER_REFERENCE_NOTE = ("The count checker was trained on this project's renders and FID / KID compare against them: "
+                         "on the course's images both measure the distance to the synthetic renderer, not to the "
+                         "course's data. Read them as indicative; top-k is the course's measure.")
+
 
 class EvaluatorFeatures(nn.Module):
     """The evaluator's pooled features (B, 512) of images (B, 3, 64, 64) in [-1, 1]."""

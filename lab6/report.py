@@ -22,9 +22,10 @@ from matplotlib.font_manager import FontProperties
 from matplotlib.mathtext import math_to_image
 
 from .config import Config, config_from_dict, read_yaml
-from .data import PROJECT_ROOT, CourseData
+from .data import PROJECT_ROOT, CourseData, is_synthetic
 from .errors import CheckpointError, ConfigError
 from .evaluator import MISS_KINDS, find_evaluator
+from .fidelity import RENDER_REFERENCE_NOTE
 from .io import atomic_path
 from .model import build_model, count_parameters
 from .plots import read_metrics
@@ -276,10 +277,6 @@ def discussion(acc: dict, beyond: dict, breakdown: dict, ablation: dict, fid: di
     return "<h2>6. Discussion</h2>" + "".join(f"<p>{s}</p>" for s in out)
 
 
-SYNTHETIC_REFERENCE = ("<p class='note'>The count checker was trained on this project's renders and FID / KID compare "
-                       "against them: on the course's images both measure the distance to the synthetic renderer, not "
-                       "to the course's data. Read them as indicative; top-k is the course's measure.</p>")
-
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;
 color:#222;line-height:1.45}
@@ -405,8 +402,8 @@ def build_report(run_dir: str | os.PathLike, data_root: str | os.PathLike) -> st
             s.append(f"<p>FID {fid['fid']:.1f} (floor {fid['floor']['fid']:.1f}), KID {fid['kid']:.4f} (floor "
                      f"{fid['floor']['kid']:.4f}) on {fid['fake']} generated images against {fid['real']} renders, "
                      "on the evaluator's pooled features.</p>")
-        if not (data.root / ".synth.json").exists():
-            s.append(SYNTHETIC_REFERENCE)
+        if not is_synthetic(data.root):
+            s.append(f"<p class='note'>{esc(RENDER_REFERENCE_NOTE)}</p>")
     s += grids_section(run, data, m4, shipped)
     if m5.get("breakdown"):
         s += ["<h3>Error analysis</h3>", table(m5["breakdown"], "file")]

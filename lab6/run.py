@@ -12,7 +12,7 @@ import papermill as pm
 from papermill.exceptions import PapermillExecutionError
 
 from .config import DEFAULT_PROFILE, PROFILES, SAMPLERS, check_device
-from .data import DATA_DIR, PROJECT_ROOT, CourseData, default_data_root
+from .data import DATA_DIR, PROJECT_ROOT, CourseData, default_data_root, is_synthetic
 from .errors import CheckpointError, ConfigError, DataError, Lab6Error
 from .evaluator import find_evaluator, is_default_synth
 from .evaluator_train import train_evaluator
@@ -104,7 +104,7 @@ def ensure_evaluator(cfg: RunConfig) -> Path:
         return find_evaluator(data_root=cfg.data_root)
     except CheckpointError:
         root = Path(cfg.data_root)
-        if (root / "checkpoint.pth").exists() or not (root / ".synth.json").exists():
+        if (root / "checkpoint.pth").exists() or not is_synthetic(root):
             raise
         eval_root = root.with_name(f"{root.name}-evaluator")
         print(f"[evaluator] none found; rendering its training set into {eval_root} and training it", flush=True)

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import labels as L
-from ..data import TEST_SPLITS, CourseData, load_image, read_label_file, read_train
+from ..data import SYNTH_STATE, TEST_SPLITS, CourseData, load_image, read_label_file, read_train
 from ..errors import ConfigError, DataError, LabelError
 from ..io import check_writable_dir, ensure_writable_dir, write_bytes, write_json
 from ..plots import caption, labelled_grid
@@ -189,7 +189,7 @@ def _state(seed: int, cfg: SynthConfig, scenes: int | None, like: Path | None, a
 
 def _claim_folder(out: Path, state: dict) -> None:
     """Record `state` in out/.synth.json; refuse a folder holding renders made with other options."""
-    state_path = out / ".synth.json"
+    state_path = out / SYNTH_STATE
     if state_path.exists():
         try:
             old = json.loads(state_path.read_text())
