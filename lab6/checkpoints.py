@@ -358,11 +358,13 @@ def init_weights(model: ConditionalUNet, folder: Path) -> None:
                           f"config.json (a `lab6 train` export such as pretrained/quick)")
     other = ConditionalUNet.from_pretrained(src)
     mine, theirs = ({k: json.dumps(v) for k, v in c.items() if not k.startswith("_")} for c in (model.config, other.config))
-    if mine != theirs:
-        diff = sorted(k for k in mine if theirs.get(k) != mine[k])
+    diff = sorted(k for k in mine if theirs.get(k) != mine[k])
+    grafting = diff == ["object_tokens"] and other.config.object_tokens is None  # plain model -> token model
+    if diff and not grafting:
         raise ConfigError(f"train.init_from: {src} holds another architecture (differs in {', '.join(diff)}); "
-                          f"use the same model settings as the run that wrote it")
-    model.load_state_dict(other.state_dict())
+                          f"use the same model settings as the run that wrote it (or add model.object_tokens)")
+    # a token model starts as the plain model: its object tokens and zero-output cross-attention are new
+    model.load_state_dict(other.state_dict(), strict=not grafting)
 
 
 def load_run_config(folder: str | os.PathLike) -> Config:

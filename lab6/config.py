@@ -48,7 +48,7 @@ class ModelConfig:
     dropout: float = 0.0
     num_classes: int = 24
     patch_size: int = 1  # >1: the UNet sees p×p pixel patches as channels and runs at sample_size / p
-    object_tokens: int | None = None  # D: one D-wide token per object, read by cross-attention (mid + Attn blocks)
+    object_tokens: int | None = None  # D: one D-wide token per object, read by a cross-attention beside each self-attention
 
 
 @dataclass

@@ -11,25 +11,69 @@ Because the projection is a registered submodule of a ModelMixin/ConfigMixin cla
 is lost on reload).
 
 With `object_tokens` D set, each object of the label set also becomes one token, colour embedding + shape
-embedding (D wide), that the attention blocks read by cross-attention (diffusers UNet2DConditionModel, its
-CrossAttn blocks where the config names Attn blocks): one slot per object binds a colour to its shape and says
-how many objects to draw. A learned scene token is always present, so a label set with no objects (the "no
-condition" input) still has something to attend to.
+embedding (D wide), beside a learned scene token (so the "no condition" input still has something to attend to).
+Every self-attention layer of the UNet (Attn blocks and the middle block) gains a cross-attention to these
+tokens whose output is added to its own: one slot per object binds a colour to its shape and says how many
+objects to draw. The cross-attention's output projection starts at zero (as ControlNet's zero convolutions and
+GLIGEN's gated layers do), so a token model starts as exactly the plain model it is initialised from
+(`train.init_from`) and fine-tuning only adds what the tokens tell.
 """
 from __future__ import annotations
 
 import dataclasses
 
 import torch
-from diffusers import ModelMixin, UNet2DConditionModel, UNet2DModel
+from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 from torch.nn import functional as F
 
 from .config import ModelConfig
 from .labels import COLORS, MAX_OBJECTS, SHAPES
 
-CROSS_ATTN = {"AttnDownBlock2D": "CrossAttnDownBlock2D", "AttnUpBlock2D": "CrossAttnUpBlock2D"}
+
+class ObjectCrossAttention(nn.Module):
+    """Cross-attention from a UNet attention layer's normed features (B, HW, C) to object tokens (B, 1+3, D)."""
+
+    def __init__(self, channels: int, token_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(channels, channels)
+        self.to_k = nn.Linear(token_dim, channels)
+        self.to_v = nn.Linear(token_dim, channels)
+        self.to_out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.to_out.weight)  # adds nothing until trained
+        nn.init.zeros_(self.to_out.bias)
+
+    def forward(self, h: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """h (B, HW, C), tokens (B, N, D), mask (B, N) of 1 = present -> (B, HW, C)."""
+        b, n, c = h.shape
+        q = self.to_q(h).view(b, n, self.heads, -1).transpose(1, 2)  # (B, heads, HW, C/heads)
+        k = self.to_k(tokens).view(b, tokens.shape[1], self.heads, -1).transpose(1, 2)  # (B, heads, N, C/heads)
+        v = self.to_v(tokens).view(b, tokens.shape[1], self.heads, -1).transpose(1, 2)
+        keep = (mask > 0.5)[:, None, None, :]  # (B, 1, 1, N)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, heads, HW, C/heads)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, c))
+
+
+class _WithObjects:
+    """Attention processor: the layer's own self-attention plus its ObjectCrossAttention on the current tokens."""
+
+    def __init__(self, cross: ObjectCrossAttention, context: dict):
+        self.cross, self.context = cross, context  # plain references: the modules are registered on the model
+        self.self_attention = AttnProcessor2_0()
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None,
+                 temb: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.self_attention(attn, hidden_states, temb=temb)  # (B, C, H, W), residual included
+        b, c, hgt, wid = hidden_states.shape
+        h = hidden_states if attn.spatial_norm is None else attn.spatial_norm(hidden_states, temb)
+        h = h.view(b, c, hgt * wid).transpose(1, 2)  # (B, HW, C)
+        if attn.group_norm is not None:  # normed as the layer's own attention sees it
+            h = attn.group_norm(h.transpose(1, 2)).transpose(1, 2)
+        extra = self.cross(h, *self.context["tokens"])  # (B, HW, C)
+        return out + extra.transpose(1, 2).reshape(b, c, hgt, wid) / attn.rescale_output_factor
 
 
 class ConditionalUNet(ModelMixin, ConfigMixin):
@@ -57,24 +101,23 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         super().__init__()
         time_embed_dim = time_embedding_dim or 4 * block_out_channels[0]
         patch_channels = in_channels * patch_size**2
-        common = dict(sample_size=sample_size // patch_size, in_channels=patch_channels, out_channels=patch_channels,
-                      block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
-                      norm_num_groups=norm_num_groups, time_embedding_dim=time_embed_dim,
-                      resnet_time_scale_shift=resnet_time_scale_shift, dropout=dropout, class_embed_type="identity")
-        if object_tokens is None:
-            self.unet = UNet2DModel(down_block_types=tuple(down_block_types), up_block_types=tuple(up_block_types),
-                                    attention_head_dim=attention_head_dim, **common)
-        else:
-            # UNet2DConditionModel reads attention_head_dim as heads per block: keep attention_head_dim wide heads
-            self.unet = UNet2DConditionModel(
-                down_block_types=tuple(CROSS_ATTN.get(b, b) for b in down_block_types),
-                up_block_types=tuple(CROSS_ATTN.get(b, b) for b in up_block_types),
-                attention_head_dim=tuple(max(1, c // attention_head_dim) for c in block_out_channels),
-                cross_attention_dim=object_tokens, **common)
+        self.unet = UNet2DModel(
+            sample_size=sample_size // patch_size, in_channels=patch_channels, out_channels=patch_channels,
+            block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+            down_block_types=tuple(down_block_types), up_block_types=tuple(up_block_types),
+            attention_head_dim=attention_head_dim, norm_num_groups=norm_num_groups, time_embedding_dim=time_embed_dim,
+            resnet_time_scale_shift=resnet_time_scale_shift, dropout=dropout, class_embed_type="identity")
+        self.label_embedding = nn.Linear(num_classes, time_embed_dim)  # y (B, 24) -> (B, time_embed_dim)
+        if object_tokens is not None:
             self.colour_embedding = nn.Embedding(len(COLORS), object_tokens)  # (8, D)
             self.shape_embedding = nn.Embedding(len(SHAPES), object_tokens)  # (3, D)
             self.scene_token = nn.Parameter(torch.randn(1, 1, object_tokens) * 0.02)  # (1, 1, D)
-        self.label_embedding = nn.Linear(num_classes, time_embed_dim)  # y (B, 24) -> (B, time_embed_dim)
+            layers = [m for m in self.unet.modules() if isinstance(m, Attention)]  # down, mid, up: a fixed order
+            self.object_attention = nn.ModuleList(
+                ObjectCrossAttention(a.to_q.in_features, object_tokens, a.heads) for a in layers)
+            self._context: dict = {}
+            for a, cross in zip(layers, self.object_attention):
+                a.set_processor(_WithObjects(cross, self._context))
 
     def forward(self, xt: torch.Tensor, t: torch.Tensor | int, labels: torch.Tensor) -> torch.Tensor:
         """Network output (eps or v, per the scheduler's prediction_type) for x_t, t and multi-hot labels."""
@@ -84,9 +127,11 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         if self.config.object_tokens is None:
             out = self.unet(patches, t, class_labels=y_emb).sample
         else:
-            tokens, mask = self.object_tokens(labels)
-            out = self.unet(patches, t, encoder_hidden_states=tokens, class_labels=y_emb,
-                            encoder_attention_mask=mask).sample
+            self._context["tokens"] = self.object_tokens(labels)  # read by every layer's _WithObjects
+            try:
+                out = self.unet(patches, t, class_labels=y_emb).sample
+            finally:
+                self._context.clear()
         return F.pixel_shuffle(out, p)  # (B, 3, R, R)
 
     def object_tokens(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -154,16 +154,16 @@ def implementation(cfg: Config, n_params: int | None) -> str:
     grid = m.sample_size // patch
     eps = s.prediction_type == "epsilon"
     tokens = m.object_tokens is not None
-    unet = "UNet2DConditionModel" if tokens else "UNet2DModel"
     parts = ["<h2>2. Implementation</h2>", "<h3>Network</h3><ul>",
-             f"<li>A diffusers <code>{unet}</code> that draws the {m.output_size}×{m.output_size} image "
+             f"<li>A diffusers <code>UNet2DModel</code> that draws the {m.output_size}×{m.output_size} image "
              + (f"itself, cut into {patch}×{patch} patches stacked as channels (a {grid}×{grid} grid of "
                 f"{3 * patch * patch} channels)" if patch > 1 else
                 f"at {m.sample_size}×{m.sample_size}" + (f", upsampled to {m.output_size}" if m.sample_size !=
                                                           m.output_size else "")) + ".</li>",
              f"<li>Channels {fmt(m.block_out_channels)}, {m.layers_per_block} ResNet layer(s) per block; blocks "
              f"{fmt(m.down_block_types)} down, {fmt(m.up_block_types)} up (self-attention in the Attn blocks"
-             + (", and cross-attention to the object tokens there and in the middle block" if tokens else "") + ")"
+             + (", each with a cross-attention to the object tokens beside it, its output projection initialised to zero"
+                if tokens else "") + ")"
              + (f"; {n_params / 1e6:.2f} M parameters" if n_params else "") + ".</li>",
              "<li>Conditioning: the 24-dim multi-hot label vector y goes through a learned linear layer into the "
              "time embedding, which every ResNet block reads"

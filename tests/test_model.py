@@ -9,9 +9,11 @@ import torch
 from diffusers import DDPMScheduler
 
 from lab6 import labels as L
+from lab6.checkpoints import init_weights
 from lab6.config import PROFILES, Config, load_config, to_yaml
 from lab6.errors import ConfigError
 from lab6.model import ConditionalUNet, build_model, count_parameters
+from lab6.report import implementation
 from lab6.schedules import alphas_cumprod, make_scheduler, predict_x0, q_sample, v_target
 from tests.conftest import REPO
 
@@ -87,9 +89,32 @@ def test_bad_patch_size_is_rejected():
 
 @pytest.fixture
 def tokens_model():
-    """The tiny profile with one 16-wide token per object, read by cross-attention."""
+    """The tiny profile with one 16-wide token per object, its cross-attention outputs no longer zero (trained)."""
     torch.manual_seed(0)
-    return build_model(dataclasses.replace(PROFILES["tiny"].model, object_tokens=16)).eval()
+    model = build_model(dataclasses.replace(PROFILES["tiny"].model, object_tokens=16)).eval()
+    with torch.no_grad():
+        for cross in model.object_attention:
+            torch.nn.init.normal_(cross.to_out.weight, std=0.5)
+    return model
+
+
+@pytest.mark.parametrize("shift", ["default", "scale_shift"])  # scale_shift: the middle block's attention has no norm
+def test_object_tokens_graft_onto_a_plain_model_unchanged(tmp_path, shift):
+    """init_from a plain model: the token model's output equals it until its cross-attention is trained."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(PROFILES["tiny"].model, resnet_time_scale_shift=shift)
+    plain = build_model(cfg).eval()
+    plain.save_pretrained(tmp_path)
+    grafted = build_model(dataclasses.replace(cfg, object_tokens=16)).eval()
+    init_weights(grafted, tmp_path)
+    assert len(grafted.object_attention) == 4  # down Attn, middle, two up Attn layers
+    xt, t, _ = _inputs(3)
+    y = L.encode_batch([["red cube", "blue sphere"], ["cyan cylinder"], ["gray cube", "red cube", "red sphere"]])
+    with torch.no_grad():
+        assert torch.equal(plain(xt, t, y), grafted(xt, t, y))
+        for cross in grafted.object_attention:
+            torch.nn.init.normal_(cross.to_out.weight, std=0.5)
+        assert (plain(xt, t, y) - grafted(xt, t, y)).abs().amax() > 1e-4  # the tokens reach the output
 
 
 def test_object_tokens_are_colour_plus_shape_and_mask_the_absent(tokens_model):
@@ -250,3 +275,10 @@ def test_plots_return_figures():
                                 generator=torch.Generator().manual_seed(0))
     assert len(fig2.axes) == 6
     matplotlib.pyplot.close("all")
+
+
+def test_report_describes_the_object_tokens():
+    text = implementation(load_config("tiny", object_tokens=16), None)
+    assert "16-wide token, colour embedding + shape embedding" in text
+    assert "cross-attention to the object tokens beside it, its output projection initialised to zero" in text
+    assert "token" not in implementation(load_config("tiny"), None)

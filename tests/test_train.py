@@ -476,6 +476,9 @@ def test_init_from_starts_from_an_exports_weights(tmp_path, dataset, monkeypatch
                         init_from=str(first / "pipeline"), model={"block_out_channels": [16, 16]})
     with pytest.raises(ConfigError, match="another architecture .*block_out_channels"):
         train(other, progress=False)
+    grafted = load_config("tiny", output_dir=str(tmp_path / "e"), data_root=str(dataset), validate_num=0, max_steps=1,
+                          init_from=str(first / "pipeline"), model={"object_tokens": 8})
+    assert (train(grafted, progress=False) / "pipeline" / "unet").is_dir()  # a plain model grafted with tokens
     with pytest.raises(ConfigError, match="train.init_from: .*nothing: expected a model folder"):
         train(tiny_cfg(tmp_path / "d", dataset, init_from=str(tmp_path / "nothing")), progress=False)
     assert not (tmp_path / "d").exists()  # nothing written for a bad input
