@@ -113,6 +113,7 @@ class CheckerTrainConfig:
     round_trip_sizes: tuple[int, ...] = (24, 32, 32, 40, 48)
     blur: float = 0.1
     noise: float = 0.03
+    light: float = 0.8           # fraction of images seen under another light (lab6.light.random_light)
     flip: bool = True
     val_images: int = 1024
     seed: int = 0
@@ -200,7 +201,8 @@ class _AugmentOptions:
     round_trip_sizes: tuple[int, ...]
     blur: float
     noise: float
+    light: float
 
     def __init__(self, cfg: CheckerTrainConfig):
         self.flip, self.round_trip, self.round_trip_sizes = cfg.flip, cfg.round_trip, tuple(cfg.round_trip_sizes)
-        self.blur, self.noise = cfg.blur, cfg.noise
+        self.blur, self.noise, self.light = cfg.blur, cfg.noise, cfg.light

@@ -64,16 +64,20 @@ def _add_train_evaluator(sub) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3, AdamW)")
     p.add_argument("--width", type=int, default=None,
                    help="channels of the first stage while training, zero-padded to the course's 64 when saved "
-                        "(default: 64 on a GPU, 32 on a CPU: ~4x fewer operations)")
+                        "(default: 64 on a GPU, 32 on a CPU: ~4x fewer operations; 64 with --init)")
+    p.add_argument("--init", default=None, help="start from this evaluator checkpoint (fine-tuning)")
     p.add_argument("--force", action="store_true",
                    help="retrain even if a complete checkpoint for the same config and data exists")
     p.set_defaults(func=_cmd_train_evaluator)
 
 
 def _cmd_train_evaluator(args) -> int:
+    from .evaluator import load_checkpoint
     from .evaluator_train import EvaluatorTrainConfig, train_evaluator
     options = {"epochs": args.epochs, "max_minutes": args.max_minutes, "batch_size": args.batch_size, "lr": args.lr,
-               "width": args.width}
+               "width": args.width, "init": args.init}
+    if args.init is not None:
+        load_checkpoint(args.init)  # a missing or foreign file fails before any image is read
     config = EvaluatorTrainConfig(seed=args.seed, **{k: v for k, v in options.items() if v is not None})
     train_evaluator(args.data, out=args.out, config=config, device=args.device, force=args.force)
     return 0

@@ -17,8 +17,9 @@ from tqdm.auto import tqdm
 from .data import CourseData, IclevrDataset, object_masks, training_fingerprint
 from .devices import resolve_device
 from .errors import ConfigError
-from .evaluator import RESOLUTION, BasicBlock, ResNet18, course_accuracy, round_trip, widen_state_dict
+from .evaluator import RESOLUTION, BasicBlock, ResNet18, course_accuracy, load_checkpoint, round_trip, widen_state_dict
 from .io import atomic_path, check_writable_dir
+from .light import gaussian_blur, random_light
 
 
 @dataclass
@@ -42,12 +43,14 @@ class EvaluatorTrainConfig:
     round_trip_sizes: tuple[int, ...] = (24, 32, 32, 40, 48)  # s, drawn per batch
     blur: float = 0.1                # fraction of images blurred with a Gaussian, sigma in [0.4, 1.2]
     noise: float = 0.03              # largest std of the Gaussian noise added to every image
+    light: float = 0.8               # fraction of images seen under another light (lab6.light.random_light)
     flip: bool = True                # random horizontal flips (labels carry no left/right)
     val_images: int = 512            # training images held out to report accuracy
     threads: int = 0                 # CPU threads (0 = the cores not busy with other work, at least 1)
     channels_last: bool = False
     save_every_minutes: float = 2.0  # how often the resumable state is written
     seed: int = 0
+    init: str | None = None          # start from this evaluator's weights (fine-tuning; width 64) instead of scratch
 
     def __post_init__(self):
         self.round_trip_sizes = tuple(int(s) for s in self.round_trip_sizes)
@@ -63,7 +66,10 @@ class EvaluatorTrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"EvaluatorTrainConfig.{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("round_trip", "blur", "warmup", "paste"):
+        if self.init is not None and self.width not in (0, 64):
+            raise ConfigError(f"EvaluatorTrainConfig.width: fine-tuning from --init {self.init} trains the saved "
+                              f"width 64, got {self.width}")
+        for name in ("round_trip", "blur", "warmup", "paste", "light"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"EvaluatorTrainConfig.{name}: must be in [0, 1], got {getattr(self, name)}")
         if self.lr <= 0:
@@ -139,21 +145,8 @@ def idle_cores() -> int:
     return max(1, min(cores, round(cores - busy)))
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Blur each image of x (B, 3, H, W) with its own Gaussian sigma (B,), 5x5 separable kernel."""
-    r = torch.arange(-2, 3, dtype=x.dtype, device=x.device)
-    k = torch.exp(-r[None] ** 2 / (2 * sigma[:, None] ** 2))
-    k = k / k.sum(1, keepdim=True)                                   # (B, 5)
-    b, c, h, w = x.shape
-    y = F.pad(x.reshape(1, b * c, h, w), (2, 2, 2, 2), mode="replicate")
-    kc = k.repeat_interleave(c, 0)                                   # (B*3, 5)
-    y = F.conv2d(y, kc[:, None, None, :], groups=b * c)              # (1, B*3, H+4, W)
-    y = F.conv2d(y, kc[:, None, :, None], groups=b * c)              # (1, B*3, H, W)
-    return y.reshape(b, c, h, w)
-
-
 def augment(x: torch.Tensor, cfg: EvaluatorTrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """Label-preserving augmentation of x (B, 3, R, R): flips, resolution round trips, blur, noise."""
+    """Label-preserving augmentation of x (B, 3, R, R): flips, changes of light, resolution round trips, blur, noise."""
     b = x.shape[0]
     x = x.clone()
 
@@ -163,6 +156,10 @@ def augment(x: torch.Tensor, cfg: EvaluatorTrainConfig, gen: torch.Generator) ->
     if cfg.flip:
         i = pick(0.5)
         x[i] = x[i].flip(3)
+    if cfg.light > 0:
+        i = pick(cfg.light)
+        if len(i):
+            x[i] = random_light(x[i], gen)
     if cfg.round_trip > 0:
         size = cfg.round_trip_sizes[int(torch.randint(len(cfg.round_trip_sizes), (1,), generator=gen))]
         size = max(8, size * x.shape[-1] // RESOLUTION)  # the same relative blur at a lower training resolution
@@ -172,7 +169,7 @@ def augment(x: torch.Tensor, cfg: EvaluatorTrainConfig, gen: torch.Generator) ->
     if cfg.blur > 0:
         i = pick(cfg.blur)
         if len(i):
-            x[i] = _gaussian_blur(x[i], (0.4 + 0.8 * torch.rand(len(i), generator=gen)).to(x))
+            x[i] = gaussian_blur(x[i], (0.4 + 0.8 * torch.rand(len(i), generator=gen)).to(x))
     if cfg.noise > 0:
         std = (cfg.noise * torch.rand(b, 1, 1, 1, generator=gen)).to(x)
         x.add_(torch.randn(x.shape, generator=gen).to(x).mul_(std))
@@ -235,7 +232,7 @@ def train_evaluator(data: str | os.PathLike, out: str | os.PathLike | None = Non
     partial = out.with_name(out.name + ".partial")
     dev = resolve_device(device)
     if cfg.width == 0:  # auto: the full network on a GPU, a narrow one (~4x fewer operations) on a CPU
-        cfg.width = 64 if dev.type == "cuda" else 32
+        cfg.width = 64 if dev.type == "cuda" or cfg.init else 32
     if out.is_dir():
         raise ConfigError(f"{out}: is a folder; --out takes the checkpoint's file path, e.g. {out / 'evaluator.pth'}")
     check_writable_dir(out.parent)  # before training, not after it
@@ -303,13 +300,17 @@ class _Batches:
 
 
 def _build_model(cfg: EvaluatorTrainConfig, dev: torch.device) -> tuple[ResNet18, torch.optim.Optimizer]:
-    """A freshly initialised ResNet-18 of the config's width and its optimiser."""
+    """A ResNet-18 of the config's width, freshly initialised or loaded from `cfg.init`, and its optimiser."""
     torch.manual_seed(cfg.seed)
-    model = ResNet18(width=cfg.width).to(dev)
-    if cfg.zero_init_residual:
+    model = ResNet18(width=cfg.width)
+    if cfg.init:
+        state = load_checkpoint(cfg.init)["model"]  # checked against the course's keys and shapes
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    elif cfg.zero_init_residual:
         for m in model.modules():
             if isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
+    model = model.to(dev)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.optimizer == "sgd":

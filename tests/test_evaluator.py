@@ -417,12 +417,57 @@ TINY = dict(epochs=2, batch_size=8, val_images=4, max_minutes=0, threads=1, save
 
 
 def test_augment_keeps_shape_and_range():
-    cfg = ET.EvaluatorTrainConfig(round_trip=1.0, blur=1.0, noise=0.0)
+    cfg = ET.EvaluatorTrainConfig(round_trip=1.0, blur=1.0, noise=0.0, light=0.0)
     x = torch.rand(6, 3, 64, 64) * 2 - 1
     y = ET.augment(x, cfg, torch.Generator().manual_seed(0))
     assert y.shape == x.shape and y.min() >= -1 - 1e-5 and y.max() <= 1 + 1e-5 and not torch.equal(x, y)
     flat = torch.full((2, 3, 64, 64), 0.25)
     torch.testing.assert_close(ET.augment(flat, cfg, torch.Generator().manual_seed(1)), flat)  # blur keeps means
+
+
+def test_light_changes_are_the_ones_named():
+    from lab6.light import LightRange, random_light, relight
+    x = torch.rand(4, 3, 8, 8) * 2 - 1
+    torch.testing.assert_close(relight(x), x)  # the defaults change nothing
+    gray = torch.zeros(2, 3, 8, 8)  # 0.5 in [0, 1] units
+    warm = relight(gray, (1.06, 1.0, 0.94))
+    torch.testing.assert_close(warm[:, :, 0, 0], torch.tensor([[0.06, 0.0, -0.06]] * 2))
+    torch.testing.assert_close(relight(gray, gamma=0.5)[0, 0, 0, 0], torch.tensor(2 * 0.5 ** 0.5 - 1))
+    torch.testing.assert_close(relight(gray, offset=torch.tensor([0.02, -0.02]))[:, 0, 0, 0], torch.tensor([0.04, -0.04]))
+    span = LightRange()
+    y = random_light(torch.zeros(64, 3, 8, 8), torch.Generator().manual_seed(0), span)
+    u = (y[:, :, 0, 0] + 1) / 2  # (64, 3): 0.5 under 64 lights
+    lo = (0.5 * (1 - span.gain)) ** span.gamma - span.offset
+    hi = (0.5 * (1 + span.gain)) ** (1 / span.gamma) + span.offset
+    assert u.min() >= lo - 1e-6 and u.max() <= hi + 1e-6 and u.std() > 0.01  # each image its own light
+    assert (u[:, 0] - u[:, 2]).abs().max() > 0.05  # white balance: channels move apart
+
+
+def test_augment_sees_images_under_other_lights():
+    flat = torch.zeros(64, 3, 8, 8)
+    cfg = ET.EvaluatorTrainConfig(round_trip=0.0, blur=0.0, noise=0.0, flip=False, light=1.0)
+    y = ET.augment(flat, cfg, torch.Generator().manual_seed(0))
+    assert (y.flatten(2).std(2) < 1e-6).all() and y[:, :, 0, 0].std(0).min() > 0.01  # still flat, each one tinted
+    assert torch.equal(ET.augment(flat, ET.EvaluatorTrainConfig(round_trip=0.0, blur=0.0, noise=0.0, flip=False,
+                                                                light=0.0), torch.Generator()), flat)
+
+
+def test_train_evaluator_fine_tunes_from_init(tmp_path, capsys):
+    root = write_course_layout(tmp_path / "ds", n=24)
+    first = ET.train_evaluator(root, tmp_path / "first.pth", ET.EvaluatorTrainConfig(**dict(TINY, epochs=1, width=8)),
+                               progress=False)
+    start = E.load_checkpoint(first)["model"]
+    cfg = ET.EvaluatorTrainConfig(**dict(TINY, epochs=1, init=str(first), lr=1e-9))
+    tuned = E.load_checkpoint(ET.train_evaluator(root, tmp_path / "tuned.pth", cfg, progress=False))
+    assert tuned["train_width"] == 64 and tuned["config"]["init"] == str(first)
+    torch.testing.assert_close(tuned["model"]["fc.0.weight"], start["fc.0.weight"], atol=1e-5, rtol=0)  # started there
+    with pytest.raises(ConfigError, match="fine-tuning from --init .* trains the saved width 64, got 32"):
+        ET.EvaluatorTrainConfig(init=str(first), width=32)
+    capsys.readouterr()
+    argv = ["train-evaluator", "--data", str(root), "--out", str(tmp_path / "x.pth"), "--init", str(tmp_path / "no.pth")]
+    assert cli.main(argv) == 1 and not (tmp_path / "x.pth").exists()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "no.pth: evaluator checkpoint not found" in err and "\n" not in err
 
 
 def _floor_scene(squares, size=64):
