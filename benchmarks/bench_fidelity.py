@@ -9,7 +9,10 @@ course's top-k accuracy and the count checker's exact-scene accuracy (mean over 
 with a duplicated / unrequested / missing object, the evaluator's wrong-shape misses, and pooled over all images
 FID and KID on the evaluator's features against fresh renders of the same label sets (render seed 7000). The
 first rows are the ground truth itself (render seed 7000 against 8000): the ceilings of the two readers and the
-floor of FID / KID. Writes results.json, a CSV and, per model and setting, a figure of generated images beside
+floor of FID / KID. The grain column is the spectral power at the model's patch grid (period `--grain-period`,
+default 4, its harmonics included) over the ground truth's at the same bins (`lab6.fidelity.grain`; 1 = none).
+`--judges EV:CK,EV2:CK2` reads the same images with more than one pair of judges (a row each; the first pair
+also gives FID / KID). Writes results.json, a CSV and, per model and setting, a figure of generated images beside
 the ground truth of the same test label sets.
 """
 from __future__ import annotations
@@ -39,14 +42,14 @@ from lab6.checker import CountChecker  # noqa: E402
 from lab6.compare import SAMPLER_SETTINGS  # noqa: E402
 from lab6.data import CourseData, from_uint8  # noqa: E402
 from lab6.evaluator import WRONG_SHAPE, Evaluator, find_evaluator, summarize  # noqa: E402
-from lab6.fidelity import fid_kid  # noqa: E402
+from lab6.fidelity import fid_kid, grain  # noqa: E402
 from lab6.plots import side_by_side  # noqa: E402
 from lab6.sample import load_pipeline, sample  # noqa: E402
 from lab6.synth import render_labels  # noqa: E402
 
 REAL_SEED, FLOOR_SEED = 7000, 8000  # render seeds of the ground truth and of the floor; never a dataset's
-HEADER = ["model", "setting", "split", "top-k", "exact", "duplicate", "unrequested", "missing", "wrong shape",
-          "FID", "KID x1e3", "s / 32 img"]
+HEADER = ["model", "setting", "judges", "split", "top-k", "exact", "duplicate", "unrequested", "missing",
+          "wrong shape", "FID", "KID x1e3", "grain", "s / 32 img"]
 
 
 def parse_settings(text: str) -> list[tuple[str, str, int, float | None]]:
@@ -81,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="data/synth", help="dataset root with the three test files")
     parser.add_argument("--evaluator", default=None, help="evaluator checkpoint (default: found for --data)")
     parser.add_argument("--checker", default=None, help="count checker (default pretrained/checker/checker.pth)")
+    parser.add_argument("--judges", default=None, metavar="EV:CK,...",
+                        help="pairs of evaluator and checker files that each read the same images (overrides "
+                             "--evaluator and --checker; 'default' stands for the default file)")
+    parser.add_argument("--grain-period", type=int, default=4, help="pixel period of the grain figure (default 4)")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/results/fidelity-<time>)")
     args = parser.parse_args(argv)
     lo, dash, hi = args.seeds.partition("-")
@@ -89,30 +96,39 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     load = {"start": load_average()}
     data = CourseData(args.data)
-    ev = Evaluator(find_evaluator(args.evaluator, data_root=data.root))
-    ck = CountChecker(args.checker)
+    pairs = [p.split(":") for p in args.judges.split(",")] if args.judges else [[args.evaluator, args.checker]]
+    if any(len(p) != 2 for p in pairs):
+        raise SystemExit(f"error: --judges: expected EV:CK pairs separated by commas, got {args.judges!r}")
+    judges = [(Evaluator(find_evaluator(None if e in (None, "default") else e, data_root=data.root)),
+               CountChecker(None if c in (None, "default") else c)) for e, c in pairs]
+    ev = judges[0][0]
     splits = {s: data.label_sets(s) for s in data.splits()}
     all_sets = [s for _ in seeds for split in splits for s in splits[split]]
     where = [split for _ in seeds for split in splits for _ in splits[split]]  # the split of each image
     real = from_uint8(render_labels(all_sets, seed=REAL_SEED))      # (N, 3, 64, 64), a fresh render seed
     floor = from_uint8(render_labels(all_sets, seed=FLOOR_SEED))
-    rows, results = [], {"machine": machine_info(), "evaluator": evaluator_info(ev), "checker": str(ck.path),
+    rows, results = [], {"machine": machine_info(), "evaluator": evaluator_info(ev), "checker": str(judges[0][1].path),
+                         "judges": [[str(e.path), str(c.path)] for e, c in judges],
                          "seeds": seeds, "images": len(all_sets), "runs": []}
 
     def record(model: str, setting: str, images: torch.Tensor, seconds: float | None) -> None:
         pooled = fid_kid(real, images, ev)
-        per = {}
-        for split in splits:
-            idx = [i for i, s in enumerate(where) if s == split]
-            sets = [all_sets[i] for i in idx]
-            per[split] = reading(ev, ck, images[idx], sets)
-            rows.append([model, setting, split, f"{per[split]['top-k']:.3f}", f"{per[split]['exact']:.3f}",
-                         f"{per[split]['duplicate']:.3f}", f"{per[split]['unrequested']:.3f}",
-                         f"{per[split]['missing']:.3f}", per[split]["wrong shape"], f"{pooled['fid']:.2f}",
-                         f"{1e3 * pooled['kid']:.2f}", "" if seconds is None else f"{seconds:.1f}"])
-        results["runs"].append({"model": model, "setting": setting, "per_split": per, **pooled,
-                                "seconds_per_32": seconds})
-        print(format_table(HEADER, rows[-len(splits):]), flush=True)
+        n_rows = len(rows)
+        for j, (jev, jck) in enumerate(judges):
+            per = {}
+            for split in splits:
+                idx = [i for i, s in enumerate(where) if s == split]
+                sets = [all_sets[i] for i in idx]
+                per[split] = {**reading(jev, jck, images[idx], sets),
+                              "grain": grain(images[idx], real[idx], args.grain_period)}
+                rows.append([model, setting, f"#{j + 1}", split, f"{per[split]['top-k']:.3f}",
+                             f"{per[split]['exact']:.3f}", f"{per[split]['duplicate']:.3f}",
+                             f"{per[split]['unrequested']:.3f}", f"{per[split]['missing']:.3f}",
+                             per[split]["wrong shape"], f"{pooled['fid']:.2f}", f"{1e3 * pooled['kid']:.2f}",
+                             f"{per[split]['grain']:.2f}", "" if seconds is None else f"{seconds:.1f}"])
+            results["runs"].append({"model": model, "setting": setting, "judges": j + 1, "per_split": per, **pooled,
+                                    "seconds_per_32": seconds})
+        print(format_table(HEADER, rows[n_rows:]), flush=True)
 
     record("ground truth", f"render seed {FLOOR_SEED} vs {REAL_SEED}", floor, None)
     for model in filter(None, args.models.split(",")):
@@ -132,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     load["end"] = load_average()
     results["load_average"] = load
     print("\n" + machine_line(results["machine"], load["end"]))
+    print("judges: " + "; ".join(f"#{j + 1} {e.path} + {c.path}" for j, (e, c) in enumerate(judges)))
     print(format_table(HEADER, rows))
     write_csv(out / "fidelity.csv", HEADER, rows)
     (out / "results.json").write_text(json.dumps(results, indent=1))

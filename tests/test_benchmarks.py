@@ -243,16 +243,21 @@ def test_fidelity_on_the_tiny_run(quality_run, tmp_path):
     ds, _, runs, _ = quality_run
     out = tmp_path / "fidelity"
     text = run_in_process("bench_fidelity.py", "--models", str(runs / "tiny"), "--data", str(ds), "--seeds", "0-1",
-                          "--settings", "DDIM-25@2", "--out", str(out))
+                          "--settings", "DDIM-25@2", "--judges", "default:default,default:default", "--out", str(out))
     rows = read_csv(out / "fidelity.csv")
     splits = [s for s in ("test", "new_test") if (ds / f"{s}.json").is_file()]
-    assert [(r["model"], r["split"]) for r in rows] == [("ground truth", s) for s in splits] + \
-        [(str(runs / "tiny"), s) for s in splits]
-    truth, model = rows[0], rows[len(splits)]
+    assert [(r["model"], r["judges"], r["split"]) for r in rows] == \
+        [("ground truth", j, s) for j in ("#1", "#2") for s in splits] + \
+        [(str(runs / "tiny"), j, s) for j in ("#1", "#2") for s in splits]
+    truth, model = rows[0], rows[2 * len(splits)]
+    same = rows[3 * len(splits)]  # the second pair of judges (the same files) reads the same images alike
+    assert {k: v for k, v in same.items() if k != "judges"} == {k: v for k, v in model.items() if k != "judges"}
+    assert float(truth["grain"]) > 0 and float(model["grain"]) > 0  # power at the 4-pixel grid against the truth's
     assert truth["top-k"] and float(model["exact"]) <= 1 and model["setting"] == "DDIM-25@2"
     assert float(model["FID"]) > float(truth["FID"])  # an untrained model lies further from the renders
     info = json.loads((out / "results.json").read_text())
-    assert info["seeds"] == [0, 1] and info["runs"][1]["fake"] == info["images"] and info["runs"][1]["kid_subset"] >= 2
+    assert info["seeds"] == [0, 1] and info["runs"][2]["fake"] == info["images"] and info["runs"][2]["kid_subset"] >= 2
+    assert len(info["judges"]) == 2 and [r["judges"] for r in info["runs"]] == [1, 2, 1, 2]
     assert (out / "tiny-DDIM-25-w2.png").stat().st_size > 1000 and "wrote" in text
 
 def test_gpu_session_script_runs_its_jobs_on_the_cpu(tmp_path):
