@@ -49,6 +49,7 @@ class ModelConfig:
     num_classes: int = 24
     patch_size: int = 1  # >1: the UNet sees p×p pixel patches as channels and runs at sample_size / p
     object_tokens: int | None = None  # D: one D-wide token per object, read by a cross-attention beside each self-attention
+    pixel_head: int | None = None  # C: a C-wide two-conv residual at full resolution after the patches are put back
 
 
 @dataclass
@@ -338,6 +339,8 @@ def _check_model(m: ModelConfig, bad) -> None:
         bad("model.resnet_time_scale_shift", f"must be 'default' or 'scale_shift', got {m.resnet_time_scale_shift!r}")
     if m.object_tokens is not None and m.object_tokens <= 0:
         bad("model.object_tokens", f"must be > 0 (or empty for no object tokens), got {m.object_tokens}")
+    if m.pixel_head is not None and m.pixel_head <= 0:
+        bad("model.pixel_head", f"must be > 0 (or empty for no pixel head), got {m.pixel_head}")
 
 
 def check_guidance_scale(scale: float, where: str = "guidance_scale") -> float:

@@ -17,6 +17,12 @@ tokens whose output is added to its own: one slot per object binds a colour to i
 objects to draw. The cross-attention's output projection starts at zero (as ControlNet's zero convolutions and
 GLIGEN's gated layers do), so a token model starts as exactly the plain model it is initialised from
 (`train.init_from`) and fine-tuning only adds what the tokens tell.
+
+With `pixel_head` C set, a small network at full resolution corrects the output after the patches are put back:
+two 3×3 convolutions (C wide) over the output, x_t and the pixel's place in its patch (sin/cos of x mod p,
+y mod p), added to the output. Each patch's p×p pixels otherwise come from one position of the UNet's grid, and
+small errors repeat with the patch period as a visible grain; the head sees across patch borders. Its last
+convolution starts at zero, so it can be grafted onto a trained model as the tokens are.
 """
 from __future__ import annotations
 
@@ -76,6 +82,26 @@ class _WithObjects:
         return out + extra.transpose(1, 2).reshape(b, c, hgt, wid) / attn.rescale_output_factor
 
 
+class PixelHead(nn.Module):
+    """Residual correction (B, 3, R, R) of a p×p-patch model's output from the output, x_t and in-patch position."""
+
+    def __init__(self, channels: int, patch_size: int, in_channels: int = 3):
+        super().__init__()
+        self.patch_size = patch_size
+        self.conv_in = nn.Conv2d(2 * in_channels + 4, channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(channels, in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)  # adds nothing until trained
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, out: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = out.shape
+        angle = 2 * torch.pi * torch.arange(max(h, w), device=out.device, dtype=out.dtype) / self.patch_size
+        ys, xs = angle[:h, None].expand(h, w), angle[None, :w].expand(h, w)
+        where = torch.stack([ys.sin(), ys.cos(), xs.sin(), xs.cos()]).expand(b, 4, h, w)  # (B, 4, R, R)
+        hidden = F.silu(self.conv_in(torch.cat([out, xt.to(out.dtype), where], dim=1)))   # (B, C, R, R)
+        return out + self.conv_out(hidden)                                                # (B, 3, R, R)
+
+
 class ConditionalUNet(ModelMixin, ConfigMixin):
     """eps/v-prediction network f(x_t, t, y) for 1-3 object labels given as a multi-hot vector."""
 
@@ -97,6 +123,7 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         in_channels: int = 3,
         patch_size: int = 1,
         object_tokens: int | None = None,
+        pixel_head: int | None = None,
     ):
         super().__init__()
         time_embed_dim = time_embedding_dim or 4 * block_out_channels[0]
@@ -118,6 +145,8 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
             self._context: dict = {}
             for a, cross in zip(layers, self.object_attention):
                 a.set_processor(_WithObjects(cross, self._context))
+        if pixel_head is not None:
+            self.output_head = PixelHead(pixel_head, patch_size, in_channels)
 
     def forward(self, xt: torch.Tensor, t: torch.Tensor | int, labels: torch.Tensor) -> torch.Tensor:
         """Network output (eps or v, per the scheduler's prediction_type) for x_t, t and multi-hot labels."""
@@ -132,7 +161,8 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
                 out = self.unet(patches, t, class_labels=y_emb).sample
             finally:
                 self._context.clear()
-        return F.pixel_shuffle(out, p)  # (B, 3, R, R)
+        out = F.pixel_shuffle(out, p)  # (B, 3, R, R)
+        return out if self.config.pixel_head is None else self.output_head(out, xt)
 
     def object_tokens(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scene token + one token per object of multi-hot labels (B, 24) -> tokens (B, 1+3, D), mask (B, 1+3)."""

@@ -117,6 +117,30 @@ def test_object_tokens_graft_onto_a_plain_model_unchanged(tmp_path, shift):
         assert (plain(xt, t, y) - grafted(xt, t, y)).abs().amax() > 1e-4  # the tokens reach the output
 
 
+def test_pixel_head_grafts_unchanged_and_sees_across_patch_borders(tmp_path):
+    """init_from a plain patch model: the pixel-head model's output equals it until the head is trained; trained,
+    the head knows each pixel's place in its patch (it can undo a grain of the patch period) and survives a reload."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(PROFILES["tiny"].model, patch_size=2)
+    plain = build_model(cfg).eval()
+    plain.save_pretrained(tmp_path / "plain")
+    headed = build_model(dataclasses.replace(cfg, pixel_head=8)).eval()
+    init_weights(headed, tmp_path / "plain")
+    xt, t, y = _inputs(2)
+    with torch.no_grad():
+        assert torch.equal(plain(xt, t, y), headed(xt, t, y))
+        torch.nn.init.normal_(headed.output_head.conv_out.weight, std=0.5)
+        flat = headed.output_head(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))  # (1, 3, 8, 8)
+        assert (flat[..., 0::2, :] - flat[..., 1::2, :]).abs().amax() > 1e-3  # position in the 2x2 patch
+        assert torch.allclose(flat[..., 2:6, 2:4], flat[..., 2:6, 4:6])  # away from the border: one patch period
+    headed.save_pretrained(tmp_path / "headed")
+    loaded = ConditionalUNet.from_pretrained(tmp_path / "headed").eval()
+    with torch.no_grad():
+        assert loaded.config.pixel_head == 8 and torch.equal(loaded(xt, t, y), headed(xt, t, y))
+    with pytest.raises(ConfigError, match="model.pixel_head: must be > 0"):
+        load_config("tiny", pixel_head=0)
+
+
 def test_object_tokens_are_colour_plus_shape_and_mask_the_absent(tokens_model):
     y = L.encode_batch([["cyan cube", "gray cylinder"], ["red sphere"]])
     y = torch.cat([y, torch.zeros(1, L.NUM_CLASSES)])  # the "no condition" input of guidance
