@@ -19,7 +19,7 @@ RUN_ARGS ?= --max-minutes 14 --no-ddpm-1000
 # `make run GOMP_SPINCOUNT=0` sleeps at once.
 run: export GOMP_SPINCOUNT ?= 10000
 
-.PHONY: setup run test lab clean-outputs
+.PHONY: setup run test lab clean-outputs wheelhouse offline-run
 
 setup: $(STAMP)
 
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,lab]"
 	$(PY) -m ipykernel install --sys-prefix --name lab6 --display-name "lab6 (.venv)" >/dev/null
 	touch $(STAMP)
 
@@ -44,3 +44,31 @@ lab: setup
 
 clean-outputs:
 	rm -rf outputs/
+
+# The offline path (README "On a GPU box"): wheels of what `lab6 run` needs beyond torch and diffusers, which a GPU
+# box already has, for its CPython 3.11 and 3.12 on x86-64 Linux. accelerate and torchmetrics name torch as a
+# dependency, so they come without theirs (listed beside them); setuptools and wheel build the editable install.
+# numpy and Pillow (46 MB) come with diffusers: what matplotlib pulls of them is dropped.
+WHEELHOUSE ?= .whl
+WHEEL_PYTHONS ?= 3.11 3.12
+WHEELS ?= papermill nbclient nbformat ipykernel jupyter_client nbconvert ipywidgets matplotlib pyyaml tqdm \
+          setuptools wheel
+WHEELS_NO_DEPS ?= accelerate torchmetrics lightning-utilities
+WHEEL_TARGET = --only-binary=:all: --implementation cp --python-version $$v --platform manylinux_2_28_x86_64 \
+               --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any
+OFFLINE_ARGS ?= --profile full
+
+wheelhouse:
+	rm -rf $(WHEELHOUSE)
+	for v in $(WHEEL_PYTHONS); do \
+	  $(PYTHON) -m pip download -q -d $(WHEELHOUSE) $(WHEEL_TARGET) $(WHEELS) && \
+	  $(PYTHON) -m pip download -q -d $(WHEELHOUSE) $(WHEEL_TARGET) --no-deps $(WHEELS_NO_DEPS) || exit 1; \
+	done
+	rm -f $(WHEELHOUSE)/numpy-*.whl $(WHEELHOUSE)/pillow-*.whl
+	@du -sh $(WHEELHOUSE)
+
+# With no network: a venv that sees the box's torch and diffusers, the wheelhouse, then the workbook.
+offline-run:
+	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --no-index --find-links $(WHEELHOUSE) -e .
+	$(PY) -m lab6 run $(OFFLINE_ARGS) $(ARGS)
