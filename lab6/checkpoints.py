@@ -13,7 +13,9 @@ A run folder (train.output_dir) holds, besides config.yaml and metrics.jsonl:
         state.json                       {"step", "ema" (EMA scalars), "num_processes", "config" (Config.to_dict),
                                           "files" ({path: bytes} of every file above)}; written last
     pipeline/                            the export: ConditionalDDPMPipeline.save_pretrained with the EMA weights and
-                                         the profile's default sampler, plus lab6_config.yaml and lab6_step.json
+                                         the profile's default sampler, its code (lab6_pipeline.py, unet/lab6_model.py:
+                                         plain diffusers loads it), lab6_config.yaml, lab6_step.json and README.md, the
+                                         model card
 
 A checkpoint is written into .checkpoint-{step}.tmp/ and renamed into place, so a kill leaves either the old
 folder or the new one; a checkpoint whose files are missing or shorter than state.json lists is incomplete and
@@ -35,6 +37,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from .card import CARD_FILE, model_card, run_scores
 from .config import Config, config_from_dict, read_yaml, to_yaml
 from .errors import CheckpointError, ConfigError, first_line
 from .io import atomic_dir, replace_dir, write_json, write_text
@@ -398,8 +401,10 @@ def export_pipeline(run: TrainState, folder: Path, step: int) -> Path:
     model = run.accelerator.unwrap_model(run.model)
     if run.accelerator.is_main_process:
         with ema_weights(model, run.ema), atomic_dir(folder) as tmp:
-            build_pipeline(model, run.cfg).save_pretrained(tmp)
+            build_pipeline(model, run.cfg).save_pretrained(tmp)  # with its code: plain diffusers loads it
             write_text(tmp / "lab6_config.yaml", to_yaml(run.cfg))
             write_json(tmp / EXPORT_STEP_FILE, {"step": step})
+            scores, judges = run_scores(run.cfg, run.out / "metrics.jsonl") or (None, None)
+            write_text(tmp / CARD_FILE, model_card(run.cfg, step, scores, judges))
     run.accelerator.wait_for_everyone()
     return folder

@@ -9,6 +9,8 @@ R/p, where a CPU spends far less time per image on the norm/activation overhead 
 Because the projection is a registered submodule of a ModelMixin/ConfigMixin class, `save_pretrained` /
 `from_pretrained` round-trip it (assigning `unet.class_embedding = nn.Linear(...)` on a plain UNet2DModel
 is lost on reload).
+This file imports only torch and diffusers: an export carries a copy of it (unet/lab6_model.py), so that plain
+diffusers loads the model with `trust_remote_code=True`.
 
 With `object_tokens` D set, each object of the label set also becomes one token, colour embedding + shape
 embedding (D wide), beside a learned scene token (so the "no condition" input still has something to attend to).
@@ -35,8 +37,9 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 from torch.nn import functional as F
 
-from .config import ModelConfig
-from .labels import COLORS, MAX_OBJECTS, SHAPES
+# lab6.labels' vocabulary, repeated so that this file stands alone (an export carries a copy of it): the 24 objects
+# are 8 colours x 3 shapes in the course's order (object i: colour i % 8, shape i // 8), 1-3 of them per scene.
+NUM_COLORS, NUM_SHAPES, MAX_OBJECTS = 8, 3, 3
 
 
 class ObjectCrossAttention(nn.Module):
@@ -136,8 +139,8 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
             resnet_time_scale_shift=resnet_time_scale_shift, dropout=dropout, class_embed_type="identity")
         self.label_embedding = nn.Linear(num_classes, time_embed_dim)  # y (B, 24) -> (B, time_embed_dim)
         if object_tokens is not None:
-            self.colour_embedding = nn.Embedding(len(COLORS), object_tokens)  # (8, D)
-            self.shape_embedding = nn.Embedding(len(SHAPES), object_tokens)  # (3, D)
+            self.colour_embedding = nn.Embedding(NUM_COLORS, object_tokens)  # (8, D)
+            self.shape_embedding = nn.Embedding(NUM_SHAPES, object_tokens)  # (3, D)
             self.scene_token = nn.Parameter(torch.randn(1, 1, object_tokens) * 0.02)  # (1, 1, D)
             layers = [m for m in self.unet.modules() if isinstance(m, Attention)]  # down, mid, up: a fixed order
             self.object_attention = nn.ModuleList(
@@ -167,14 +170,14 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
     def object_tokens(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scene token + one token per object of multi-hot labels (B, 24) -> tokens (B, 1+3, D), mask (B, 1+3)."""
         value, index = labels.topk(MAX_OBJECTS, dim=1)  # (B, 3): the set's objects first, then absent classes
-        tokens = self.colour_embedding(index % len(COLORS)) + self.shape_embedding(index // len(COLORS))  # (B, 3, D)
+        tokens = self.colour_embedding(index % NUM_COLORS) + self.shape_embedding(index // NUM_COLORS)  # (B, 3, D)
         scene = self.scene_token.expand(labels.shape[0], 1, -1).to(tokens.dtype)  # (B, 1, D)
         mask = torch.cat([torch.ones_like(value[:, :1]), (value > 0.5).to(value.dtype)], dim=1)  # (B, 1+3)
         return torch.cat([scene, tokens], dim=1), mask
 
 
-def build_model(cfg: ModelConfig) -> ConditionalUNet:
-    """A freshly initialised ConditionalUNet for a ModelConfig."""
+def build_model(cfg) -> ConditionalUNet:
+    """A freshly initialised ConditionalUNet for a lab6.config.ModelConfig (a dataclass of its arguments)."""
     return ConditionalUNet(**dataclasses.asdict(cfg))
 
 

@@ -7,14 +7,21 @@
 Swap the sampler with `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)` (or
 `lab6.schedules.make_scheduler(pipe.scheduler, "ddim")`). The saved scheduler is the model's default sampler;
 its default step count and guidance scale are stored in model_index.json with it.
+
+This file imports only torch, diffusers, numpy, PIL and the standard library: `save_pretrained` copies it
+(lab6_pipeline.py) and the UNet's module (unet/lab6_model.py) into the folder, so that plain diffusers loads it
+with `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`. As lab6's own module it raises lab6's
+error types; the copy raises ValueError.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import json
 import os
 import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +34,25 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from . import labels as L
-from .config import check_guidance_scale
-from .data import to_uint8
-from .errors import CheckpointError, ConfigError
-from .schedules import predict_x0
-
 Generator = torch.Generator | list[torch.Generator] | None
+PIPELINE_FILE, UNET_FILE = "lab6_pipeline.py", "lab6_model.py"  # the code copies that an export carries
+# lab6.labels' vocabulary, repeated so that this file stands alone: 8 cubes, 8 spheres, 8 cylinders (course order).
+SHAPES = ("cube", "sphere", "cylinder")
+COLORS = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
+OBJECTS = tuple(f"{color} {shape}" for shape in SHAPES for color in COLORS)
+MAX_OBJECTS = 3
+
+
+def _error_types() -> tuple[type[Exception], type[Exception], type[Exception]]:
+    """(ConfigError, LabelError, CheckpointError): lab6's own when this is lab6's module (its CLI prints them on one
+    line), ValueError / ValueError / OSError in the copy that an export carries."""
+    if __package__ != "lab6":
+        return ValueError, ValueError, OSError
+    errors = importlib.import_module("lab6.errors")
+    return errors.ConfigError, errors.LabelError, errors.CheckpointError
+
+
+ConfigError, LabelError, CheckpointError = _error_types()
 
 
 @dataclass
@@ -53,7 +72,25 @@ def guided(out_cond: torch.Tensor, out_uncond: torch.Tensor, guidance_scale: flo
     return out_uncond + guidance_scale * (out_cond - out_uncond)
 
 
-def as_multi_hot(labels, num_classes: int = L.NUM_CLASSES) -> torch.Tensor:
+def encode_label_set(names, where: str = "label set") -> torch.Tensor:
+    """Multi-hot float (24,) of one label set: 1-3 distinct object names such as "red sphere"."""
+    if isinstance(names, str) or not isinstance(names, Sequence) or not 1 <= len(names) <= MAX_OBJECTS:
+        raise LabelError(f'{where}: expected a list of 1 to {MAX_OBJECTS} object names such as ["red sphere"], '
+                         f"got {names!r}")
+    row = torch.zeros(len(OBJECTS))
+    for j, name in enumerate(names):
+        if name not in OBJECTS:
+            close = difflib.get_close_matches(str(name).strip().lower(), OBJECTS, n=3, cutoff=0.4)
+            hint = (f"did you mean {' or '.join(map(repr, close))}?" if close else
+                    f"valid names are '<colour> <shape>' with colours {', '.join(COLORS)} and shapes {', '.join(SHAPES)}")
+            raise LabelError(f"{where}[{j}]: unknown object {name!r}; {hint}")
+        if row[OBJECTS.index(name)]:
+            raise LabelError(f"{where}[{j}]: duplicate object {name!r}; each object may appear once per set")
+        row[OBJECTS.index(name)] = 1.0
+    return row
+
+
+def as_multi_hot(labels, num_classes: int = len(OBJECTS)) -> torch.Tensor:
     """Label sets (list of lists of names) or a multi-hot tensor -> float (B, 24)."""
     if isinstance(labels, torch.Tensor):
         y = labels.float()
@@ -64,7 +101,10 @@ def as_multi_hot(labels, num_classes: int = L.NUM_CLASSES) -> torch.Tensor:
         return y
     if isinstance(labels, (list, tuple)) and labels and all(isinstance(s, str) for s in labels):
         labels = [labels]  # one label set given bare
-    return L.encode_batch(labels, "labels")
+    rows = [encode_label_set(names, f"labels[{i}]") for i, names in enumerate(labels)]
+    if not rows:
+        raise LabelError("labels: no label sets given")
+    return torch.stack(rows)  # (B, 24)
 
 
 def upsample(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -74,25 +114,80 @@ def upsample(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)  # (B, 3, size, size)
 
 
-def import_lab6_components(folder: str | os.PathLike) -> None:
-    """Import the lab6 modules that folder/model_index.json names as component libraries (diffusers imports none)."""
-    index = Path(folder) / "model_index.json"
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Float images (B, 3, H, W) in [-1, 1] -> uint8 array (B, H, W, 3)."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def estimate_x0(xt: torch.Tensor, t: torch.Tensor, out: torch.Tensor, prediction_type: str,
+                alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The network's estimate of x0 (B, 3, r, r) from x_t, timesteps t (B,) and its eps or v output."""
+    ab = alphas_cumprod.to(torch.float32)[t.to(alphas_cumprod.device).long()]
+    ab = ab.to(xt.device, xt.dtype).reshape(-1, 1, 1, 1)  # (B, 1, 1, 1)
+    if prediction_type == "epsilon":
+        return (xt - (1 - ab).sqrt() * out) / ab.sqrt().clamp_min(1e-8)
+    if prediction_type == "v_prediction":
+        return ab.sqrt() * xt - (1 - ab).sqrt() * out
+    raise ConfigError(f"unknown prediction_type {prediction_type!r}; valid: epsilon, v_prediction")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file beside it: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        entries = json.loads(index.read_text())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_code(folder: str | os.PathLike, unet_class: type) -> None:
+    """Copy this module and the UNet class's into a save_pretrained folder and name them in its model_index.json."""
+    folder = Path(folder)
+    if unet_class.__module__.partition(".")[0] == "diffusers":
+        return  # diffusers' own UNet: plain diffusers has its code
+    _write_atomic(folder / PIPELINE_FILE, Path(__file__).read_bytes())
+    _write_atomic(folder / "unet" / UNET_FILE, Path(inspect.getsourcefile(unet_class)).read_bytes())
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(_class_name=[Path(PIPELINE_FILE).stem, ConditionalDDPMPipeline.__name__],
+                 unet=[Path(UNET_FILE).stem, unet_class.__name__])
+    _write_atomic(folder / "model_index.json", (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _read_index(folder: Path) -> dict | None:
+    """A local folder's model_index.json, or None (a hub id, or a missing or corrupt folder: diffusers says which)."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
     except (OSError, ValueError):
-        return  # a hub id, or a missing or corrupt folder: diffusers says what is wrong
-    for name, entry in entries.items() if isinstance(entries, dict) else ():
-        if not (isinstance(entry, list) and len(entry) == 2 and str(entry[0]).partition(".")[0] == "lab6"):
-            continue  # diffusers' own components, and settings such as default_guidance_scale
-        library, class_name = entry
-        try:
-            if not re.fullmatch(r"lab6(\.[a-z]\w*)*", library):
-                raise ImportError("not a public lab6 module name")
-            if not hasattr(importlib.import_module(library), str(class_name)):
-                raise ImportError(f"it has no {class_name}")
-        except ImportError as e:
-            raise CheckpointError(f"{index}: {name}: cannot load {library}.{class_name} ({e}); was it written by "
-                                  f"another version of lab6?") from None
+        return None
+    return index if isinstance(index, dict) else None
+
+
+def lab6_unet_class(folder: Path, index: dict) -> type | None:
+    """lab6's class for an export's UNet: lab6.model's for the code copy a new export carries, the lab6 module an
+    old one names (["lab6.model", "ConditionalUNet"]); None for another library's UNet."""
+    entry = index.get("unet")
+    if not (isinstance(entry, list) and len(entry) == 2):
+        return None
+    library, class_name = map(str, entry)
+    if (folder / "unet" / f"{library}.py").is_file():
+        library = "lab6.model"  # lab6 runs its own code, not the folder's copy of it
+    elif library.partition(".")[0] != "lab6":
+        return None
+    try:
+        if not re.fullmatch(r"lab6(\.[a-z]\w*)*", library):
+            raise ImportError("not a public lab6 module name")
+        found = getattr(importlib.import_module(library), class_name, None)
+        if found is None:
+            raise ImportError(f"it has no {class_name}")
+    except ImportError as e:
+        raise CheckpointError(f"{folder / 'model_index.json'}: unet: cannot load {library}.{class_name} ({e}); was it "
+                              f"written by another version of lab6?") from None
+    return found
 
 
 class ConditionalDDPMPipeline(DiffusionPipeline):
@@ -109,9 +204,36 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """DiffusionPipeline.from_pretrained, after importing the lab6 modules that its model_index.json names."""
-        import_lab6_components(pretrained_model_name_or_path)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        """DiffusionPipeline.from_pretrained; in lab6, a lab6 export is built from lab6's own classes, not the copies
+        of their code that it carries. kwargs: torch_dtype, or components and settings that replace the saved ones."""
+        folder = Path(pretrained_model_name_or_path)
+        index = _read_index(folder) if __package__ == "lab6" else None
+        unet_class = lab6_unet_class(folder, index) if index else None
+        if unet_class is None:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        if "unet" not in kwargs:
+            kwargs["unet"] = unet_class.from_pretrained(folder / "unet", torch_dtype=torch_dtype)
+        if "scheduler" not in kwargs:
+            kwargs["scheduler"] = cls._saved_scheduler(folder, index)
+        return cls(**{**{k: v for k, v in index.items() if k.startswith("default_")}, **kwargs})
+
+    @staticmethod
+    def _saved_scheduler(folder: Path, index: dict):
+        """The diffusers scheduler that model_index.json names, with its saved config."""
+        entry = index.get("scheduler")
+        scheduler_class = None
+        if isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers":
+            scheduler_class = getattr(importlib.import_module("diffusers"), str(entry[1]), None)
+        if scheduler_class is None:
+            raise CheckpointError(f"{folder / 'model_index.json'}: scheduler: expected [\"diffusers\", <scheduler "
+                                  f"class>] such as [\"diffusers\", \"DDIMScheduler\"], got {entry!r}")
+        return scheduler_class.from_pretrained(folder / "scheduler")
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """DiffusionPipeline.save_pretrained, plus this code and the UNet's (see `write_code`)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_code(save_directory, type(self.unet))
 
     def resolve_settings(self, num_inference_steps: int | None = None, guidance_scale: float | None = None,
                          eta: float | None = None) -> tuple[int, float, float]:
@@ -120,8 +242,9 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
         steps = int(self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps)
         if steps <= 0 or steps > limit:
             raise ConfigError(f"num_inference_steps: must be in 1..{limit}, got {steps}")
-        scale = check_guidance_scale(self.config.default_guidance_scale if guidance_scale is None else guidance_scale,
-                                     "guidance_scale")
+        scale = float(self.config.default_guidance_scale if guidance_scale is None else guidance_scale)
+        if scale < 0:
+            raise ConfigError(f"guidance_scale: must be >= 0 (1 = no guidance), got {scale}")
         eta = float(self.config.get("default_eta", 0.0) if eta is None else eta)
         if not 0 <= eta <= 1:
             raise ConfigError(f"eta: must be in [0, 1] (0 = deterministic DDIM), got {eta}")
@@ -190,8 +313,8 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
                 out = self.predict(x_in, t, y, scale)  # (b, 3, r, r)
                 if i in capture:
                     tt = t.reshape(1).expand(len(xt)).cpu()
-                    x0 = predict_x0(xt.float(), tt, out.float(), self.scheduler.config.prediction_type,
-                                    self.scheduler.alphas_cumprod)  # (b, 3, r, r)
+                    x0 = estimate_x0(xt.float(), tt, out.float(), self.scheduler.config.prediction_type,
+                                     self.scheduler.alphas_cumprod)  # (b, 3, r, r)
                     cap_xt.append(upsample(xt.float(), size).cpu())
                     cap_x0.append(upsample(x0.clamp(-1, 1), size).cpu())
                     cap_t.append(int(t))
