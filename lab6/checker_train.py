@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from . import labels as L
 from . import synth as S
 from .checker import COUNTS, CountChecker
+from .config import check_finite_fields
 from .data import load_images
 from .devices import resolve_device
 from .errors import ConfigError, DataError
@@ -120,6 +121,7 @@ class CheckerTrainConfig:
     init: str | None = None      # start from this checker's weights (fine-tuning) instead of from scratch
 
     def __post_init__(self):
+        check_finite_fields(self, lambda name: f"CheckerTrainConfig.{name}")
         for name in ("epochs", "batch_size", "width"):
             if isinstance(getattr(self, name), bool) or getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: must be >= 1")

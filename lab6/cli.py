@@ -15,7 +15,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .config import DEFAULT_PROFILE, PROFILES, SAMPLERS, Config, build_config, check_device, check_guidance_scale
+from .config import (
+    DEFAULT_PROFILE,
+    PROFILES,
+    SAMPLERS,
+    Config,
+    build_config,
+    check_device,
+    check_finite,
+    check_guidance_scale,
+)
 from .errors import ConfigError, Lab6Error
 
 
@@ -312,11 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_finite_options(args: argparse.Namespace) -> None:
+    """ConfigError naming the first option that parsed to NaN or inf (argparse's float() accepts 'nan' and 'inf')."""
+    for dest, value in vars(args).items():
+        check_finite(value, "--" + dest.replace("_", "-"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lab6` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_finite_options(args)
         return int(args.func(args) or 0)
     except Lab6Error as e:
         if args.debug:

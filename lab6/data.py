@@ -39,8 +39,8 @@ PROJECT_ROOT = _project_root()
 DATA_DIR = Path(os.environ.get("LAB6_DATA_DIR", PROJECT_ROOT / "data"))
 
 
-def read_json(path: str | os.PathLike):
-    """Parse a JSON file; errors name the file and the line/column."""
+def require_json(path: str | os.PathLike):
+    """Parse a JSON file that must be there: DataError or LabelError naming the file (and the line and column)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -56,7 +56,7 @@ def read_json(path: str | os.PathLike):
 
 def read_objects(path: str | os.PathLike) -> dict[str, int]:
     """Read objects.json and check it is the course vocabulary in the course order."""
-    obj = read_json(path)
+    obj = require_json(path)
     if not isinstance(obj, dict):
         raise LabelError(f"{path}: expected a JSON object {{name: index}}, got {type(obj).__name__}")
     if obj != L.OBJECT_TO_INDEX:
@@ -73,7 +73,7 @@ def read_objects(path: str | os.PathLike) -> dict[str, int]:
 
 def read_train(path: str | os.PathLike) -> dict[str, list[str]]:
     """Read train.json: {image file name: [object names]}, every entry validated."""
-    obj = read_json(path)
+    obj = require_json(path)
     if not isinstance(obj, dict):
         raise LabelError(f"{path}: expected a JSON object {{\"image.png\": [names]}}, got {type(obj).__name__}")
     if not obj:
@@ -83,7 +83,7 @@ def read_train(path: str | os.PathLike) -> dict[str, list[str]]:
 
 def read_label_file(path: str | os.PathLike) -> list[list[str]]:
     """Read a test file (test.json, new_test.json, ...): a list of label sets, every entry validated."""
-    obj = read_json(path)
+    obj = require_json(path)
     if not isinstance(obj, list):
         raise LabelError(f"{path}: expected a JSON list of label sets like [[\"red sphere\"], ...], "
                          f"got {type(obj).__name__}")
@@ -98,6 +98,29 @@ SYNTH_STATE = ".synth.json"  # what `lab6 synth` records beside the renders it w
 def is_synthetic(root: str | os.PathLike) -> bool:
     """Whether `root` was rendered by `lab6 synth` (not the course's images)."""
     return (Path(root) / SYNTH_STATE).exists()
+
+
+# The renderer version and settings that `lab6 synth` records in .synth.json with its default options, as
+# synth_fingerprint digests them: the renders the shipped judges were trained on. tests/test_synth.py checks that
+# lab6.synth still renders this; a renderer change fails it until this digest is updated.
+DEFAULT_SYNTH_FINGERPRINT = "f5a797ed81c8aa4e"
+
+
+def synth_fingerprint(renderer: object, config: object) -> str:
+    """A short digest of a renderer version and its settings (a .synth.json's `renderer` and `config`)."""
+    text = json.dumps({"renderer": renderer, "config": config}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def is_default_synth(root: str | os.PathLike) -> bool:
+    """Whether `root` holds renders of the default renderer and settings (its .synth.json says so): the shipped
+    evaluator's kind of scene."""
+    try:
+        state = json.loads((Path(root) / SYNTH_STATE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "renderer" in state and "config" in state \
+        and synth_fingerprint(state["renderer"], state["config"]) == DEFAULT_SYNTH_FINGERPRINT
 
 
 def default_data_root() -> Path:

@@ -6,12 +6,12 @@ without torchvision: same module names, so the course's state_dict loads unchang
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,13 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import labels as L
-from .data import DATA_DIR, SYNTH_STATE
+from .data import DATA_DIR, is_default_synth
 from .devices import resolve_device
-from .errors import CheckpointError, DataError, LabelError
-from .errors import first_line as _first_line
-from .synth import RENDER_VERSION, SynthConfig
+from .errors import CheckpointError, DataError, LabelError, first_line
 
-RESOLUTION = 64  # the course evaluator's input side
+RESOLUTION = 64  # the course evaluator's input side, fixed by its checkpoint: other image sizes are resized to it
 COURSE_CHECKPOINT = DATA_DIR / "iclevr" / "checkpoint.pth"  # the data folder of lab6.data ($LAB6_DATA_DIR), any cwd
 SYNTH_CHECKPOINT = DATA_DIR / "synth" / "evaluator.pth"
 SHIPPED_EVALUATOR = Path(__file__).resolve().parents[1] / "pretrained" / "evaluator" / "checkpoint.pth"
@@ -134,17 +132,6 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
 
 
 # ---------------------------------------------------------------- checkpoints
-def is_default_synth(root: str | os.PathLike) -> bool:
-    """Whether `root` holds synthetic data of the default renderer (its .synth.json says so): the shipped
-    evaluator's kind of scene."""
-    try:
-        state = json.loads((Path(root) / SYNTH_STATE).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(state, dict) and state.get("renderer") == RENDER_VERSION \
-        and state.get("config") == asdict(SynthConfig())
-
-
 def find_evaluator(path: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None) -> Path:
     """The evaluator checkpoint to use: `path`; else in the data root (default data/iclevr if it has the
     course's checkpoint, else data/synth) its checkpoint.pth (the course's), its evaluator.pth (what
@@ -179,17 +166,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" not in str(e):
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(e)})") from None
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first_line(e)})") from None
         # Older course files may pickle Python objects besides the tensors; they need the full unpickler.
         warnings.warn(f"{path}: holds Python objects besides tensors; loading it with weights_only=False "
                       f"(only do this with files you trust)", stacklevel=2)
         try:
             ckpt = torch.load(path, map_location=map_location, weights_only=False)
         except Exception as e2:
-            raise CheckpointError(f"{path}: cannot be loaded ({_first_line(e2)})") from None
+            raise CheckpointError(f"{path}: cannot be loaded ({first_line(e2)})") from None
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or another format "
-                              f"({_first_line(e)})") from None
+                              f"({first_line(e)})") from None
     if not isinstance(ckpt, Mapping) or "model" not in ckpt:
         if isinstance(ckpt, Mapping) and "conv1.weight" in ckpt:
             raise CheckpointError(f"{path}: a bare state_dict without the 'model' key; the course format is "
@@ -424,3 +411,21 @@ class Evaluator:
         """Per-image verdicts: which objects were missed and what was seen instead."""
         out = self.probs(images)
         return breakdown_from_probs(out, self._onehot(labels, out.shape[0]))
+
+
+def get_evaluator(evaluator=None, data_root: str | os.PathLike | None = None, device: str | None = None):
+    """An Evaluator: the given one, a checkpoint path, the one in data_root, else the default; None (with a
+    one-line warning) when there is none."""
+    if evaluator is not None and not isinstance(evaluator, (str, os.PathLike)):
+        return evaluator
+    try:
+        try:
+            path = find_evaluator(evaluator, data_root=data_root)
+        except CheckpointError:
+            if evaluator is not None or data_root is None:
+                raise
+            path = find_evaluator()
+        return Evaluator(path, device=device)
+    except CheckpointError as e:
+        print(f"warning: accuracy not computed: {e}", file=sys.stderr)
+        return None

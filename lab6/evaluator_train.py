@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import check_finite_fields
 from .data import CourseData, IclevrDataset, object_masks, training_fingerprint
-from .devices import resolve_device
+from .devices import idle_cores, load_average, resolve_device
 from .errors import ConfigError
 from .evaluator import RESOLUTION, BasicBlock, ResNet18, course_accuracy, load_checkpoint, round_trip, widen_state_dict
 from .io import atomic_path, check_writable_dir
@@ -55,6 +56,7 @@ class EvaluatorTrainConfig:
     def __post_init__(self):
         self.round_trip_sizes = tuple(int(s) for s in self.round_trip_sizes)
         self.resolutions = tuple((float(u), int(r)) for u, r in self.resolutions)
+        check_finite_fields(self, lambda name: f"EvaluatorTrainConfig.{name}")
         if not self.resolutions or self.resolutions[-1][0] < 1 or any(r < 16 for _, r in self.resolutions):
             raise ConfigError(f"EvaluatorTrainConfig.resolutions: expected (until, px) pairs with px >= 16, "
                               f"the last until = 1.0, got {self.resolutions}")
@@ -106,43 +108,6 @@ def paste_objects(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, donors:
     x = torch.where(m, donor, x)
     y = torch.where(use[:, None], torch.maximum(y, dy[rows, first]), y)
     return x, y
-
-
-def _cpu_busy(seconds: float = 0.5) -> float | None:
-    """Cores busy right now (from two reads of /proc/stat `seconds` apart); None where there is no /proc/stat."""
-    def read() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:]]
-        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-        return sum(ticks), idle
-    try:
-        total0, idle0 = read()
-        time.sleep(seconds)
-        total1, idle1 = read()
-    except (OSError, ValueError, IndexError):
-        return None
-    if total1 <= total0:
-        return None
-    cores = os.cpu_count() or 1
-    return cores * (1 - (idle1 - idle0) / (total1 - total0))
-
-
-def idle_cores() -> int:
-    """Cores not busy with other work right now, at least 1.
-
-    On a shared CPU, torch threads that outnumber the free cores wait on each other: with another busy
-    process on this 2-core machine, 2 threads ran a training step 12x slower than 1 thread. Busy-ness is
-    sampled over half a second from /proc/stat, not taken from the 1-minute load average, which still
-    counts work that has just finished (the data render before `make run` trains the evaluator).
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = _cpu_busy()
-    if busy is None:
-        try:
-            busy = os.getloadavg()[0]
-        except (OSError, AttributeError):
-            busy = 0.0
-    return max(1, min(cores, round(cores - busy)))
 
 
 def augment(x: torch.Tensor, cfg: EvaluatorTrainConfig, gen: torch.Generator) -> torch.Tensor:
@@ -334,10 +299,6 @@ def _resume(partial: Path, model: ResNet18, opt: torch.optim.Optimizer, cfg_dict
     return 0, 0.0
 
 
-def _load_avg() -> list[float]:
-    return list(os.getloadavg()) if hasattr(os, "getloadavg") else []
-
-
 def _train(cfg: EvaluatorTrainConfig, ds, out: Path, partial: Path, dev: torch.device, key: str, cfg_dict: dict,
            progress: bool) -> Path:
     """The training loop of `train_evaluator` (see there)."""
@@ -354,7 +315,7 @@ def _train(cfg: EvaluatorTrainConfig, ds, out: Path, partial: Path, dev: torch.d
                         "elapsed": elapsed, "config": cfg_dict, "data_key": key}, tmp)
 
     model.train()
-    load_start = _load_avg()
+    load_start = load_average()
     bar = tqdm(total=100, desc="train evaluator", unit="%", disable=not progress, dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {n:.1f}/100% [{elapsed}<{remaining}{postfix}]")
     loss_avg, start, last_save = None, time.monotonic() - elapsed, time.monotonic()
@@ -404,7 +365,7 @@ def _train(cfg: EvaluatorTrainConfig, ds, out: Path, partial: Path, dev: torch.d
             "complete": True, "train_width": cfg.width, "config": cfg_dict, "data": str(ds.root), "data_key": key,
             "steps": step, "epochs_done": step / steps_per_epoch, "train_seconds": elapsed, "device": str(dev),
             "held_out_accuracy": acc, "held_out_accuracy_round_trip": acc_rt,
-            "load_avg_start": load_start, "load_avg_end": _load_avg(), "torch_threads": torch.get_num_threads(),
+            "load_avg_start": load_start, "load_avg_end": load_average(), "torch_threads": torch.get_num_threads(),
             "arch": "torchvision resnet18, fc = Sequential(Linear(512, 24), Sigmoid())"}
     with atomic_path(out) as tmp:
         torch.save(ckpt, tmp)

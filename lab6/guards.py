@@ -38,13 +38,13 @@ class StopSignals:
 
 
 class LossSpikeWatch:
-    """Warns once per episode when the smoothed loss climbs above `factor` x its lowest value: a run that diverged
-    without reaching NaN (the wider quick UNet's CPU hour stayed at 0.25-0.41 after a spike from ~0.02).
+    """Warns once per episode when the smoothed loss climbs above `factor` x its lowest value: a run can diverge
+    without ever reaching NaN, its loss settling an order of magnitude above where it was.
 
     The loss is smoothed by an exponential moving average over about `tau` steps, fed with each logged window's
-    mean (so log_every does not change it), and watched from `after` steps on (after the LR warm-up). Healthy
-    runs stay within 1.12x of their lowest smoothed loss (the quick hour of 2026-11-26, 9600 steps; the shipped
-    5000-step run 1.05x; benchmarks/LOG.md), diverged ones rose 10-40x."""
+    mean (so log_every does not change it), and watched from `after` steps on (after the LR warm-up). The default
+    factor sits between healthy runs, which stay close to their lowest smoothed loss, and diverged ones, which
+    rise tenfold or more (the runs behind it: benchmarks/LOG.md)."""
 
     def __init__(self, after: int, factor: float = 4.0, tau: float = 50.0):
         self.after, self.factor, self.tau = after, factor, tau

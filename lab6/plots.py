@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import to_uint8
+from .data import CourseData, load_image, to_uint8
 from .io import atomic_path
 from .labels import COLORS, OBJECTS, SHAPES
 from .labels import PALETTE as _PALETTE
@@ -69,6 +69,15 @@ def side_by_side(generated, truth, label_sets: Sequence[Sequence[str]], ncol: in
 def caption(labels: Sequence[str]) -> str:
     """One caption line per object, e.g. 'red sphere\\ncyan cube'."""
     return "\n".join(labels)
+
+
+def sample_grid(root, n: int = 32, seed: int = 0, ncol: int = 8):
+    """A labelled grid figure of `n` random training images of a dataset folder (captions: their labels)."""
+    data = CourseData(root)
+    names = list(data.train)
+    pick = np.random.default_rng(seed).choice(len(names), size=min(n, len(names)), replace=False)
+    images = np.stack([load_image(data.image_dir / names[i], 64) for i in pick])
+    return labelled_grid(images, [caption(data.train[names[i]]) for i in pick], ncol=ncol)
 
 
 def plot_label_stats(stats: dict, title: str = ""):

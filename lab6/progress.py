@@ -21,7 +21,7 @@ class IPCKernelManager(AsyncKernelManager):
         return "ipc"
 
 
-def first_line(source: str, width: int = 70) -> str:
+def first_code_line(source: str, width: int = 70) -> str:
     """The first non-comment line of a cell, cut to `width` characters."""
     lines = [s.strip() for s in source.splitlines() if s.strip() and not s.lstrip().startswith("#")]
     line = lines[0] if lines else "(comments only)"
@@ -39,7 +39,7 @@ class CellPrinter:
         if cell.cell_type == "code" and cell_index in code:
             tags = cell.metadata.get("tags", [])
             what = ("(parameters of this run)" if "injected-parameters" in tags else
-                    "(the notebook's default parameters)" if "parameters" in tags else first_line(cell.source))
+                    "(the notebook's default parameters)" if "parameters" in tags else first_code_line(cell.source))
             self.echo(f"{self.prefix} · cell {code.index(cell_index) + 1}/{len(code)}: {what}", flush=True)
 
 

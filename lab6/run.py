@@ -11,7 +11,7 @@ from pathlib import Path
 import papermill as pm
 from papermill.exceptions import PapermillExecutionError
 
-from .config import DEFAULT_PROFILE, PROFILES, SAMPLERS, check_device
+from .config import DEFAULT_PROFILE, PROFILES, SAMPLERS, check_device, check_finite_fields
 from .data import DATA_DIR, PROJECT_ROOT, CourseData, default_data_root, is_synthetic
 from .errors import CheckpointError, ConfigError, DataError, Lab6Error
 from .evaluator import find_evaluator, is_default_synth
@@ -52,6 +52,7 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Check every option once; a ConfigError names the command-line option."""
+        check_finite_fields(self, lambda name: "--" + name.replace("_", "-"))
         if self.profile not in PROFILES:
             raise ConfigError(f"--profile: expected one of {', '.join(PROFILES)}, got {self.profile!r}")
         check_device(self.device, "--device")

@@ -25,7 +25,7 @@ from .config import SAMPLERS
 from .data import to_uint8
 from .devices import resolve_device
 from .errors import CheckpointError, ConfigError, first_line
-from .evaluator import Evaluator, find_evaluator
+from .evaluator import get_evaluator
 from .io import atomic_dir, ensure_writable_dir, save_image, write_json
 from .model import ConditionalUNet
 from .pipeline import ConditionalDDPMPipeline, ConditionalDDPMPipelineOutput, as_multi_hot
@@ -135,24 +135,6 @@ def sample(pipe: ConditionalDDPMPipeline, labels, sampler: str | None = None, nu
     return pipe(labels=labels, num_inference_steps=num_steps, guidance_scale=guidance_scale,
                 generator=generators(seed, n), eta=eta, batch_size=batch_size, capture_steps=capture_steps,
                 output_type="pt")
-
-
-def get_evaluator(evaluator=None, data_root: str | os.PathLike | None = None, device: str | None = None):
-    """An Evaluator: the given one, a checkpoint path, the one in data_root, else the default; None (with a
-    one-line warning) when there is none."""
-    if evaluator is not None and not isinstance(evaluator, (str, os.PathLike)):
-        return evaluator
-    try:
-        try:
-            path = find_evaluator(evaluator, data_root=data_root)
-        except CheckpointError:
-            if evaluator is not None or data_root is None:
-                raise
-            path = find_evaluator()
-        return Evaluator(path, device=device)
-    except CheckpointError as e:
-        print(f"warning: accuracy not computed: {e}", file=sys.stderr)
-        return None
 
 
 def score(images: torch.Tensor, labels, evaluator=None, device: str | None = None,

@@ -48,11 +48,11 @@ from .config import Config, TrainConfig, to_yaml
 from .data import CourseData, IclevrDataset, default_data_root, object_masks
 from .devices import resolve_device
 from .errors import CheckpointError, ConfigError, DataError
+from .evaluator import get_evaluator
 from .guards import LossSpikeWatch, StopSignals, check_finite
 from .io import check_writable_dir, ensure_writable_dir, save_image, write_text
 from .model import ConditionalUNet, build_model, count_parameters
 from .plots import make_grid
-from .sample import get_evaluator
 from .schedules import make_scheduler, q_sample, snr, v_target
 
 METRICS_FILE = "metrics.jsonl"

@@ -44,6 +44,13 @@ def write_course_layout(root: Path, n: int = 12, size: int = 64, seed: int = 0) 
     return root
 
 
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """Good inputs of the CLI tests: a tiny dataset, a 2-step tiny run, an evaluator (tests/cli_world.py)."""
+    from tests.cli_world import build_world
+    yield from build_world(tmp_path_factory)
+
+
 @pytest.fixture
 def course_dir(tmp_path) -> Path:
     return write_course_layout(tmp_path / "ds")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lab6 import cli
+from lab6 import cli, devices
 from lab6 import data as D
 from lab6 import evaluator as E
 from lab6 import evaluator_train as ET
@@ -594,19 +594,19 @@ def test_train_variants_and_config_checks(tmp_path, capsys):
                          (dict(width=65), "width: must be in 1..64")):
         with pytest.raises(ConfigError, match=re.escape(message)):
             ET.EvaluatorTrainConfig(**bad)
-    assert 1 <= ET.idle_cores() <= (os.cpu_count() or 1)
+    assert 1 <= devices.idle_cores() <= (os.cpu_count() or 1)
 
 
 def test_idle_cores_reads_the_cpu_now_not_the_load_average(monkeypatch):
     """Right after `make run` renders data the 1-minute load average is still high; it must not cost a thread."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = ET._cpu_busy(0.05)
+    busy = devices._cpu_busy(0.05)
     assert busy is None or 0 <= busy <= (os.cpu_count() or 1) + 1e-6
     monkeypatch.setattr(os, "getloadavg", lambda: (cores + 5.0, cores + 5.0, cores + 5.0))
-    monkeypatch.setattr(ET, "_cpu_busy", lambda seconds=0.5: 0.0)
-    assert ET.idle_cores() == cores
-    monkeypatch.setattr(ET, "_cpu_busy", lambda seconds=0.5: None)  # no /proc/stat: the load average decides
-    assert ET.idle_cores() == 1
+    monkeypatch.setattr(devices, "_cpu_busy", lambda seconds=0.5: 0.0)
+    assert devices.idle_cores() == cores
+    monkeypatch.setattr(devices, "_cpu_busy", lambda seconds=0.5: None)  # no /proc/stat: the load average decides
+    assert devices.idle_cores() == 1
 
 
 def test_cli_train_evaluator(tmp_path, capsys):

@@ -4,7 +4,7 @@ import json
 import nbformat
 import pytest
 
-from lab6.progress import CellPrinter, TrainingWatch, eta_seconds, first_line
+from lab6.progress import CellPrinter, TrainingWatch, eta_seconds, first_code_line
 
 
 def test_eta_is_the_first_of_the_step_and_time_limits():
@@ -14,9 +14,9 @@ def test_eta_is_the_first_of_the_step_and_time_limits():
 
 
 def test_first_line_skips_comments_and_cuts_long_lines():
-    assert first_line("# a comment\n\nx = train(cfg)\ny = 2") == "x = train(cfg)"
-    assert first_line("# only\n# comments") == "(comments only)"
-    assert len(first_line("x" * 200, width=40)) == 40
+    assert first_code_line("# a comment\n\nx = train(cfg)\ny = 2") == "x = train(cfg)"
+    assert first_code_line("# only\n# comments") == "(comments only)"
+    assert len(first_code_line("x" * 200, width=40)) == 40
 
 
 def test_cell_printer_numbers_code_cells_and_names_parameter_cells():

@@ -5,8 +5,9 @@
 - `raycast`: ray-shape intervals, normals and soft shadows
 - `render`: shading a scene one added object at a time (`render_scene`, `render_labels`)
 - `design`: the label sets: held-out pairs, training scenes, test / new_test / unseen_test
-- `writer`: `write_dataset` (resumable, `--like`), `sample_grid`
+- `writer`: `write_dataset` (resumable, `--like`)
 """
+from ..devices import cpu_count  # re-exported: benchmarks/bench_synth.py sizes its workers with it
 from ..labels import PALETTE
 from .camera import Camera, Lights, sample_camera, sample_lights
 from .design import (
@@ -23,10 +24,10 @@ from .design import (
 )
 from .render import RENDER_VERSION, SceneRender, encode_png, render_labels, render_scene
 from .scene import MATERIALS, SIZES, SceneObject, SynthConfig, scene_rng
-from .writer import RenderJob, cpu_count, render_job, render_jobs, sample_grid, write_dataset
+from .writer import RenderJob, render_job, render_jobs, write_dataset
 
 __all__ = ["BINDING_PATTERNS", "MATERIALS", "PALETTE", "RENDER_VERSION", "SIZES", "TEST_SETS", "Camera", "Lights",
            "RenderJob", "SceneObject", "SceneRender", "SynthConfig", "binding_set", "cpu_count", "encode_png",
            "is_binding_heavy", "object_pairs", "render_job", "render_jobs", "render_labels", "render_scene",
-           "sample_camera", "sample_grid", "sample_held_out", "sample_lights", "sample_new_test", "sample_test",
+           "sample_camera", "sample_held_out", "sample_lights", "sample_new_test", "sample_test",
            "sample_train_labels", "scene_rng", "unseen_from_train", "write_dataset"]

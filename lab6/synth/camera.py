@@ -24,7 +24,7 @@ class Camera:
     def project(self, p) -> tuple[float, float, float]:
         """World point -> (column, row) in output-pixel units of a 1×1 image, and depth."""
         v = (p[0] - self.pos[0], p[1] - self.pos[1], p[2] - self.pos[2])
-        xc, yc, zc = (_dot3(v, self.right), _dot3(v, self.up), _dot3(v, self.fwd))
+        xc, yc, zc = (dot3(v, self.right), dot3(v, self.up), dot3(v, self.fwd))
         return (xc / (zc * self.tan_half) + 1) / 2, (1 - yc / (zc * self.tan_half)) / 2, zc
 
 
@@ -39,12 +39,12 @@ class Lights:
     ambient: float
 
 
-def _dot3(a, b) -> float:
+def dot3(a, b) -> float:
     return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
 def _unit(v) -> tuple[float, float, float]:
-    n = math.sqrt(_dot3(v, v))
+    n = math.sqrt(dot3(v, v))
     return (v[0] / n, v[1] / n, v[2] / n)
 
 
@@ -85,7 +85,7 @@ def sample_lights(rng: np.random.Generator, cfg: SynthConfig, camera: Camera) ->
 _GRIDS: dict[tuple[int, float], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
-def _camera_grid(n: int, tan_half: float):
+def camera_grid(n: int, tan_half: float):
     """Unit ray directions in camera space (right, up, forward components) for an n×n grid of pixel centres."""
     key = (n, tan_half)
     if key not in _GRIDS:
@@ -98,14 +98,14 @@ def _camera_grid(n: int, tan_half: float):
     return _GRIDS[key]
 
 
-def _world_dirs(cam: Camera, grid, sl=(slice(None), slice(None))):
+def world_dirs(cam: Camera, grid, sl=(slice(None), slice(None))):
     """World-space ray directions (3 arrays) for a slice of a camera grid."""
     gx, gy, gz = (g[sl] for g in grid)
     r, u, f = cam.right, cam.up, cam.fwd
     return (gx * r[0] + gy * u[0] + gz * f[0], gx * r[1] + gy * u[1] + gz * f[1], gx * r[2] + gy * u[2] + gz * f[2])
 
 
-def _rect(ob: SceneObject, cam: Camera, n: int, s: int) -> tuple[int, int, int, int] | None:
+def screen_rect(ob: SceneObject, cam: Camera, n: int, s: int) -> tuple[int, int, int, int] | None:
     """Pixel-aligned screen rectangle (rows, cols in the n·s supersampled grid) holding `ob`; None if off-frame."""
     R = ob.bound_radius
     cols, rows = [], []
@@ -122,7 +122,7 @@ def _rect(ob: SceneObject, cam: Camera, n: int, s: int) -> tuple[int, int, int, 
     return r0 * s, r1 * s, c0 * s, c1 * s
 
 
-def _in_frame(ob: SceneObject, cam: Camera, n: int, margin_px: float) -> bool:
+def in_frame(ob: SceneObject, cam: Camera, n: int, margin_px: float) -> bool:
     """True when the object's silhouette (its bounding sphere's outline) lies inside the frame."""
     c, r, depth = cam.project((ob.x, ob.y, ob.zc))
     if depth <= 1.0:

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .camera import Camera, _world_dirs
+from .camera import Camera, world_dirs
 from .scene import F32, INF, SceneObject
 
 
@@ -60,7 +60,7 @@ def _inv(d):
     return 1.0 / d if d != 0 else 1e30
 
 
-def _normal(ob: SceneObject, px, py, pz):
+def surface_normal(ob: SceneObject, px, py, pz):
     """Outward unit normal of `ob` at surface points p (arrays)."""
     X, Y, Z = px - ob.x, py - ob.y, pz - ob.zc
     a, h = ob.half
@@ -82,7 +82,7 @@ def _normal(ob: SceneObject, px, py, pz):
     return X * inv, Y * inv, np.where(side, 0, np.sign(Z)).astype(F32)
 
 
-def _key_visibility(ob: SceneObject, px, py, pz, key) -> np.ndarray:
+def key_visibility(ob: SceneObject, px, py, pz, key) -> np.ndarray:
     """Soft visibility (0 shadowed .. 1 lit) of the key light from points p past object `ob`."""
     near, far, clr = _interval(ob, px, py, pz, key[0], key[1], key[2])
     w = 0.05 + 0.07 * np.maximum(near, 0)  # penumbra widens with the distance to the occluder
@@ -91,14 +91,14 @@ def _key_visibility(ob: SceneObject, px, py, pz, key) -> np.ndarray:
     return np.where(far > 0, v, 1).astype(F32)
 
 
-class _Hits:
+class ObjectHits:
     """One object's primary-ray hits inside its screen rectangle (supersampled grid)."""
 
     def __init__(self, ob: SceneObject, rect: tuple[int, int, int, int], cam: Camera, grid):
         self.ob, self.rect = ob, rect
         i0, i1, j0, j1 = rect
         self.sl = (slice(i0, i1), slice(j0, j1))
-        self.dirs = _world_dirs(cam, grid, self.sl)
+        self.dirs = world_dirs(cam, grid, self.sl)
         o = cam.pos
         near, far, _ = _interval(ob, o[0], o[1], o[2], *self.dirs)
         self.hit = (near < far) & (far > 0)

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 
 from .. import labels as L
-from .camera import _camera_grid, _dot3, _in_frame, _rect, _world_dirs, sample_camera, sample_lights
-from .raycast import _Hits, _key_visibility, _normal
+from .camera import camera_grid, dot3, in_frame, sample_camera, sample_lights, screen_rect, world_dirs
+from .raycast import ObjectHits, key_visibility, surface_normal
 from .scene import F32, INF, MATERIALS, S_GT, SIZES, SceneObject, SynthConfig, scene_rng
 
 RENDER_VERSION = 1  # bump when the renderer's output changes; a folder rendered by another version is refused
@@ -45,9 +45,9 @@ class _SceneRenderer:
         self.n, self.s = cfg.size, cfg.supersample
         self.cam = sample_camera(rng, cfg)
         self.lights = sample_lights(rng, cfg, self.cam)
-        self.grid = _camera_grid(self.n * self.s, self.cam.tan_half)
+        self.grid = camera_grid(self.n * self.s, self.cam.tan_half)
         self.area_scale = (self.n / 64.0) ** 2
-        self.hits: list[_Hits] = []
+        self.hits: list[ObjectHits] = []
         self.depth = np.full((self.n * self.s,) * 2, INF, F32)  # scratch z-buffer of the object layer
 
     # -- placement
@@ -66,9 +66,9 @@ class _SceneRenderer:
             o = h.ob
             if math.hypot(o.x - ob.x, o.y - ob.y) < o.footprint + ob.footprint + self.cfg.gap:
                 return False
-        return _in_frame(ob, self.cam, self.n, self.cfg.margin_px * self.n / 64)
+        return in_frame(ob, self.cam, self.n, self.cfg.margin_px * self.n / 64)
 
-    def _visible_counts(self, hits: list[_Hits]) -> list[int]:
+    def _visible_counts(self, hits: list[ObjectHits]) -> list[int]:
         """Supersamples where each object is the nearest surface, with all `hits` in the scene."""
         depth = self.depth
         for h in hits:
@@ -85,10 +85,10 @@ class _SceneRenderer:
             ob = self._sample_object(name)
             if not self._fits(ob):
                 continue
-            rect = _rect(ob, self.cam, self.n, self.s)
+            rect = screen_rect(ob, self.cam, self.n, self.s)
             if rect is None:
                 continue
-            cand = _Hits(ob, rect, self.cam, self.grid)
+            cand = ObjectHits(ob, rect, self.cam, self.grid)
             if cand.count < min_px * s2:
                 continue
             hits = self.hits + [cand]
@@ -101,7 +101,7 @@ class _SceneRenderer:
     # -- shading
     def _shade_floor(self):
         n, cam, lt = self.n, self.cam, self.lights
-        dx, dy, dz = _world_dirs(cam, _camera_grid(n, cam.tan_half))
+        dx, dy, dz = world_dirs(cam, camera_grid(n, cam.tan_half))
         t = -cam.pos[2] / np.minimum(dz, -1e-4)
         self.px, self.py = cam.pos[0] + t * dx, cam.pos[1] + t * dy
         fall = 1.0 / (1.0 + 0.006 * (self.px * self.px + self.py * self.py))  # light pool around the arena
@@ -130,15 +130,15 @@ class _SceneRenderer:
         if r1 <= r0 or c1 <= c0:
             return None
         sl = (slice(r0, r1), slice(c0, c1))
-        return sl, _key_visibility(ob, self.px[sl], self.py[sl], 0.0, key)
+        return sl, key_visibility(ob, self.px[sl], self.py[sl], 0.0, key)
 
-    def _shade_object(self, h: _Hits):
+    def _shade_object(self, h: ObjectHits):
         """Per-object shading terms: colour = albedo·(base + key·vis) + spec·vis, on its supersamples."""
         ob, lt, o = h.ob, self.lights, self.cam.pos
         dx, dy, dz = h.dirs
         t = np.where(h.hit, h.t, 1.0).astype(F32)
         px, py, pz = o[0] + t * dx, o[1] + t * dy, o[2] + t * dz
-        nx, ny, nz = _normal(ob, px, py, pz)
+        nx, ny, nz = surface_normal(ob, px, py, pz)
         k, f = lt.key, lt.fill
         ndl = np.maximum(nx * k[0] + ny * k[1] + nz * k[2], 0)
         ndf = np.maximum(nx * f[0] + ny * f[1] + nz * f[2], 0)
@@ -174,11 +174,11 @@ class _SceneRenderer:
         a, b = self.hits[i].ob, self.hits[j].ob
         key = self.lights.key
         v = (b.x - a.x, b.y - a.y, b.zc - a.zc)  # from i to j
-        along = _dot3(v, key)
-        perp = math.sqrt(max(_dot3(v, v) - along * along, 0))
+        along = dot3(v, key)
+        perp = math.sqrt(max(dot3(v, v) - along * along, 0))
         if along < -(a.bound_radius + b.bound_radius) or perp > a.bound_radius + b.bound_radius + 0.3:
             return None
-        return _key_visibility(b, *self.hits[i].points, key)
+        return key_visibility(b, *self.hits[i].points, key)
 
     def render(self, coverage: bool = False) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
         """The images after each added object (uint8 (R, R, 3)) and, if asked, per-object pixel coverage."""

@@ -1,4 +1,4 @@
-"""The dataset writer: render a synthetic dataset in the iCLEVR layout, resumably, and a grid of its images.
+"""The dataset writer: render a synthetic dataset in the iCLEVR layout, resumably.
 
 A folder's `.synth.json` records what decides its bytes (renderer version, seed, settings, scene list); a later
 run with the same options renders only the missing files, and one with other options is refused.
@@ -17,10 +17,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import labels as L
-from ..data import SYNTH_STATE, TEST_SPLITS, CourseData, load_image, read_label_file, read_train
+from ..data import SYNTH_STATE, TEST_SPLITS, read_label_file, read_train
+from ..devices import cpu_count
 from ..errors import ConfigError, DataError, LabelError
 from ..io import check_writable_dir, ensure_writable_dir, write_bytes, write_json
-from ..plots import caption, labelled_grid
 from .design import sample_held_out, sample_new_test, sample_test, sample_train_labels, unseen_from_train
 from .render import RENDER_VERSION, encode_png, render_scene
 from .scene import S_GT, S_LABELS, S_RENDER, SynthConfig, scene_rng
@@ -96,8 +96,6 @@ def render_job(args) -> int:
     return written
 
 
-
-
 def render_jobs(jobs: list[RenderJob], seed: int, cfg: SynthConfig, out: str | os.PathLike, workers: int = 0,
                 progress: bool = True, desc: str = "render") -> tuple[int, int, int]:
     """Render the scenes of `jobs` that miss a file under `out`, in `workers` processes (0 = all cores).
@@ -125,11 +123,6 @@ def render_jobs(jobs: list[RenderJob], seed: int, cfg: SynthConfig, out: str | o
                     written += k
                     bar.update(k)
     return len(todo), written, nproc
-
-
-def cpu_count() -> int:
-    """Cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _check_int(name: str, value, low: int, hint: str) -> int:
@@ -256,13 +249,3 @@ def write_dataset(out: str | os.PathLike, scenes: int = 6000, seed: int = 0, siz
             "test_sets": {s: len(splits[s]) for s in TEST_SPLITS}, "images": sum(len(j.files) for j in jobs),
             "rendered": written, "workers": nproc, "unseen_definition": unseen_how,
             "held_out_pairs": [] if all_pairs else sorted(sorted(p) for p in held)}
-
-
-# ---------------------------------------------------------------- pictures
-def sample_grid(root: str | os.PathLike, n: int = 32, seed: int = 0, ncol: int = 8):
-    """A labelled grid figure of `n` random training images of a dataset folder (captions: their labels)."""
-    data = CourseData(root)
-    names = list(data.train)
-    pick = np.random.default_rng(seed).choice(len(names), size=min(n, len(names)), replace=False)
-    images = np.stack([load_image(data.image_dir / names[i], 64) for i in pick])
-    return labelled_grid(images, [caption(data.train[names[i]]) for i in pick], ncol=ncol)

@@ -1,19 +1,13 @@
-"""Reliability: every bad input gives one clear line and leaves nothing behind; interrupted work resumes exactly.
+"""Every bad input to the CLI gives one clear line, the right exit status, and leaves nothing behind.
 
-Most rows call `lab6.cli.main` in-process (a CLI subprocess costs seconds of imports); real subprocesses are used
-where the exit code, the traceback or a signal is the point.
+Most rows call `lab6.cli.main` in-process (a CLI subprocess costs seconds of imports); a real subprocess is used
+where the exit code or the traceback is the point.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,79 +15,10 @@ import torch
 from PIL import Image
 
 from lab6 import labels as L
-from lab6.checkpoints import checkpoint_problem, latest_checkpoint, load_run_config
-from lab6.cli import main
-from lab6.config import load_config
-from lab6.train import train
-from tests.conftest import REPO, write_course_layout
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> SimpleNamespace:
-    """Good inputs shared by every row: a tiny dataset, a 2-step tiny run (checkpoints and export), an evaluator;
-    and the CLI subprocesses of two tests, started now so that their start-up overlaps the in-process rows."""
-    root = tmp_path_factory.mktemp("world")
-    ds = write_course_layout(root / "ds", n=12)
-    run = train(load_config("tiny", output_dir=str(root / "run"), data_root=str(ds), validate_num=0,
-                            train={"max_steps": 2, "checkpoint_every": 1}), progress=False)
-    evaluator = _resnet18_file(root / "evaluator.pth")  # all-zero weights: loads and scores, says nothing
-    images = root / "images"  # 8 readable images for the 8 sets of ds/test.json
-    images.mkdir()
-    for i in range(8):
-        Image.new("RGB", (64, 64), (10 * i, 80, 160)).save(images / f"{i}.png")
-    w = SimpleNamespace(root=root, ds=ds, run=run, ckpt=run / "checkpoint-2", export=run / "pipeline",
-                        evaluator=evaluator, images=images, labels=ds / "test.json")
-    w.bg = tmp_path_factory.mktemp("background")  # outside root: the rows check root for stray files
-    bad = _write(w.bg, "train.json", '{"a_0.png": ["red cube", "red cube"]}')
-    w.procs = {name: subprocess.Popen([sys.executable, "-m", "lab6", *argv], cwd=w.bg, env=_env(), text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-               for name, argv in (("plain", ["synth", "--out", str(w.bg / "o"), "--like", str(bad)]),
-                                  ("debug", ["--debug", "synth", "--out", str(w.bg / "o"), "--like", str(bad)]),
-                                  ("sample", [*_sample_args(w), "--out", str(w.bg / "a")]))}
-    yield w
-    for proc in w.procs.values():
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
-
-def _sample_args(w) -> list[str]:
-    return ["sample", "--model", str(w.run), "--labels", str(w.labels), "--steps", "4", "--seed", "7",
-            "--device", "cpu", "--no-progress"]
-
-
-def _finish(proc: subprocess.Popen) -> tuple[int, str]:
-    """Exit code and stderr of a background CLI subprocess."""
-    _, err = proc.communicate(timeout=300)
-    return proc.returncode, err
-
-
-def _env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-
-
-def _files(*roots: Path) -> dict[str, int]:
-    """Every path under roots with its size (folders: -1): a before/after picture of the disk."""
-    return {str(p): (p.stat().st_size if p.is_file() else -1) for r in roots for p in r.rglob("*")}
-
-
-def _cli(argv, capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse usage errors
-        rc = e.code
-    return rc, capsys.readouterr().err
+from tests.cli_world import cut_file, files_under, finish, resnet18_file, run_cli, write_file
 
 
 # ---------------------------------------------------------------- builders of bad inputs
-def _write(tmp: Path, name: str, text: str | bytes) -> Path:
-    p = tmp / name
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(text if isinstance(text, bytes) else text.encode())
-    return p
-
-
 def _dataset(w, tmp: Path, files: dict | None = None) -> Path:
     """A copy of the good dataset with some files replaced (value: JSON text, bytes, or None to delete)."""
     ds = tmp / "ds"
@@ -102,12 +27,8 @@ def _dataset(w, tmp: Path, files: dict | None = None) -> Path:
         if content is None:
             (ds / name).unlink()
         else:
-            _write(ds, name, content)
+            write_file(ds, name, content)
     return ds
-
-
-def _cut(path: Path, keep: int = 100) -> None:
-    path.write_bytes(path.read_bytes()[:keep])
 
 
 def _ckpt_copy(w, tmp: Path, cut: str | None = None, manifest: bool = True) -> Path:
@@ -119,14 +40,14 @@ def _ckpt_copy(w, tmp: Path, cut: str | None = None, manifest: bool = True) -> P
         state.pop("files")
         (ck / "state.json").write_text(json.dumps(state))
     if cut:
-        _cut(ck / cut)
+        cut_file(ck / cut)
     return ck
 
 
 def _export_copy(w, tmp: Path, cut: str) -> Path:
     ex = tmp / "export"
     shutil.copytree(w.export, ex)
-    _cut(ex / cut, 200)
+    cut_file(ex / cut, 200)
     return ex
 
 
@@ -139,15 +60,6 @@ def _foreign_export(tmp: Path) -> Path:
     return tmp / "foreign"
 
 
-def _resnet18_file(path: Path, num_classes: int = 24) -> Path:
-    """An evaluator checkpoint in the course format with all-zero weights."""
-    from lab6.evaluator import ResNet18
-    with torch.device("meta"):
-        sd = ResNet18(num_classes=num_classes).state_dict()
-    torch.save({"model": {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in sd.items()}}, path)
-    return path
-
-
 def _evaluator_file(tmp: Path, kind: str) -> Path:
     p = tmp / f"{kind}.pth"
     if kind == "no_model_key":
@@ -155,15 +67,15 @@ def _evaluator_file(tmp: Path, kind: str) -> Path:
     elif kind == "bare_state_dict":
         torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, p)
     elif kind == "ten_classes":
-        _resnet18_file(p, num_classes=10)
+        resnet18_file(p, num_classes=10)
     elif kind == "truncated":
         torch.save({"model": {"x": torch.zeros(1000)}}, p)
-        _cut(p)
+        cut_file(p)
     return p
 
 
 def _labels(tmp: Path, content: str) -> Path:
-    return _write(tmp, "labels.json", content)
+    return write_file(tmp, "labels.json", content)
 
 
 def _sample(w, tmp, labels=None, **opts) -> list:
@@ -199,7 +111,7 @@ def _train_evaluator(w, tmp, **opts) -> list:
 
 def _blocked(tmp: Path) -> Path:
     """An output path that cannot be a folder: it lies under a regular file (works as root too)."""
-    _write(tmp, "a_file", "x")
+    write_file(tmp, "a_file", "x")
     return tmp / "a_file" / "out"
 
 
@@ -211,7 +123,7 @@ ROWS = {
     # label files (read by sample, evaluate, train and synth --like)
     "labels-not-json": (lambda w, t: _sample(w, t, _labels(t, "[[\"red cube\"")), 1,
                         ["{tmp}/labels.json: not valid JSON (line 1"]),
-    "labels-not-json-binary": (lambda w, t: _sample(w, t, _write(t, "labels.json", b"\xff\xfe\x00")), 1,
+    "labels-not-json-binary": (lambda w, t: _sample(w, t, write_file(t, "labels.json", b"\xff\xfe\x00")), 1,
                                ["{tmp}/labels.json: cannot read"]),
     "labels-top-level-object": (lambda w, t: _sample(w, t, _labels(t, '{"a": ["red cube"]}')), 1,
                                 ["labels.json: expected a JSON list of label sets", "got dict"]),
@@ -253,7 +165,7 @@ ROWS = {
     "validation-split-duplicate": (lambda w, t: _train(w, t, _dataset(w, t, {"test.json": FOUR})), 1,
                                    ["ds/test.json: entry 0: 4 objects, at most 3"]),
     "like-misspelt": (lambda w, t: ["synth", "--out", t / "out", "--like",
-                                    _write(t, "train.json", '{"a_0.png": ["yelow sphere"]}')], 1,
+                                    write_file(t, "train.json", '{"a_0.png": ["yelow sphere"]}')], 1,
                       ["{tmp}/train.json: entry 'a_0.png'[0]: unknown object 'yelow sphere'",
                        "did you mean 'yellow sphere'"]),
     # images
@@ -273,19 +185,19 @@ ROWS = {
     "profile-unknown": (lambda w, t: _train(w, t, profile="huge"), 2, ["invalid choice: 'huge'", "tiny"]),
     "run-profile-unknown": (lambda w, t: ["run", "--profile", "huge", "--out", t / "out"], 2,
                             ["invalid choice: 'huge'"]),
-    "yaml-unknown-key": (lambda w, t: _train(w, t, config=_write(t, "c.yaml", "train:\n  max_step: 3\n")), 1,
+    "yaml-unknown-key": (lambda w, t: _train(w, t, config=write_file(t, "c.yaml", "train:\n  max_step: 3\n")), 1,
                          ["{tmp}/c.yaml: train.max_step: unknown setting; valid keys:", "max_steps"]),
-    "yaml-unknown-section": (lambda w, t: _train(w, t, config=_write(t, "c.yaml", "training:\n  lr: 0.1\n")), 1,
+    "yaml-unknown-section": (lambda w, t: _train(w, t, config=write_file(t, "c.yaml", "training:\n  lr: 0.1\n")), 1,
                              ["c.yaml: training: unknown section; valid: profile, model, schedule, train, sample"]),
-    "yaml-wrong-type": (lambda w, t: _train(w, t, config=_write(t, "c.yaml", "train:\n  max_steps: many\n")), 1,
+    "yaml-wrong-type": (lambda w, t: _train(w, t, config=write_file(t, "c.yaml", "train:\n  max_steps: many\n")), 1,
                         ["c.yaml: train.max_steps: expected an integer, got 'many'"]),
-    "yaml-not-yaml": (lambda w, t: _train(w, t, config=_write(t, "c.yaml", "train: [1, 2\n")), 1,
+    "yaml-not-yaml": (lambda w, t: _train(w, t, config=write_file(t, "c.yaml", "train: [1, 2\n")), 1,
                       ["c.yaml: not valid YAML (line 2, column 1: expected ',' or ']'"]),
     "yaml-is-a-folder": (lambda w, t: _train(w, t, config=t), 1, ["cannot read the config file"]),
     "yaml-missing": (lambda w, t: _train(w, t, config=t / "nope.yaml"), 1, ["nope.yaml: config file not found"]),
-    "yaml-other-profile": (lambda w, t: _train(w, t, config=_write(t, "c.yaml", "profile: full\n")), 1,
+    "yaml-other-profile": (lambda w, t: _train(w, t, config=write_file(t, "c.yaml", "profile: full\n")), 1,
                            ["c.yaml: profile: file is for profile 'full', not 'tiny'"]),
-    "yaml-negative-guidance": (lambda w, t: _train(w, t, config=_write(t, "c.yaml", "sample:\n  guidance_scale: -1\n")),
+    "yaml-negative-guidance": (lambda w, t: _train(w, t, config=write_file(t, "c.yaml", "sample:\n  guidance_scale: -1\n")),
                                1, ["c.yaml: sample.guidance_scale: must be >= 0"]),
     "train-steps-zero": (lambda w, t: _train(w, t, max_steps=0), 1, ["train.max_steps: must be > 0, got 0"]),
     "train-steps-negative": (lambda w, t: _train(w, t, max_steps=-5), 1, ["train.max_steps: must be > 0, got -5"]),
@@ -330,7 +242,7 @@ ROWS = {
     # output folders that cannot be written
     "train-out-unwritable": (lambda w, t: ["train", "--profile", "tiny", "--data", w.ds, "--out", _blocked(t)], 1,
                              ["{tmp}/a_file/out: output folder cannot be created: {tmp}/a_file is a file"]),
-    "train-out-is-a-file": (lambda w, t: ["train", "--profile", "tiny", "--data", w.ds, "--out", _write(t, "f", "x")],
+    "train-out-is-a-file": (lambda w, t: ["train", "--profile", "tiny", "--data", w.ds, "--out", write_file(t, "f", "x")],
                             1, ["{tmp}/f: output folder is a file, not a folder"]),
     "sample-out-unwritable": (lambda w, t: ["sample", "--model", w.run, "--labels", w.labels, "--out", _blocked(t)], 1,
                               ["{tmp}/a_file/out: output folder cannot be created"]),
@@ -361,19 +273,19 @@ ROWS = {
     "resume-truncated-weights-old-format": (lambda w, t: _train(w, t, max_steps=3, resume=_ckpt_copy(
         w, t, "ema/diffusion_pytorch_model.safetensors", manifest=False)), 1,
         ["checkpoint-2/ema/diffusion_pytorch_model.safetensors: truncated or not a safetensors file"]),
-    "resume-corrupt-state": (lambda w, t: _train(w, t, resume=_write(_ckpt_copy(w, t), "state.json", "{").parent), 1,
+    "resume-corrupt-state": (lambda w, t: _train(w, t, resume=write_file(_ckpt_copy(w, t), "state.json", "{").parent), 1,
                              ["checkpoint-2: incomplete or corrupt checkpoint (state.json unreadable"]),
     "resume-other-profile": (lambda w, t: _train(w, t, profile="quick", resume=w.ckpt), 1,
                              ["checkpoint-2: trained with another model.sample_size",
                               "(profile 'tiny', now 'quick'); resume with --profile tiny"]),
-    "resume-other-architecture": (lambda w, t: _train(w, t, resume=w.ckpt, config=_write(
+    "resume-other-architecture": (lambda w, t: _train(w, t, resume=w.ckpt, config=write_file(
         t, "c.yaml", "model:\n  block_out_channels: [16, 16]\n")), 1,
         ["checkpoint-2: trained with another model.block_out_channels (profile 'tiny', now 'tiny')"]),
-    "resume-other-schedule": (lambda w, t: _train(w, t, resume=w.ckpt, config=_write(
+    "resume-other-schedule": (lambda w, t: _train(w, t, resume=w.ckpt, config=write_file(
         t, "c.yaml", "schedule:\n  prediction_type: epsilon\n")), 1,
         ["checkpoint-2: trained with another schedule.prediction_type"]),
     "model-missing": (lambda w, t: _sample(w, t, model=t / "nope"), 1, ["{tmp}/nope: model folder not found"]),
-    "model-empty-folder": (lambda w, t: _sample(w, t, model=_write(t, "m/x.txt", "").parent), 1,
+    "model-empty-folder": (lambda w, t: _sample(w, t, model=write_file(t, "m/x.txt", "").parent), 1,
                            ["{tmp}/m: holds no pipeline (model_index.json)"]),
     "model-export-truncated": (lambda w, t: _sample(w, t, model=_export_copy(
         w, t, "unet/diffusion_pytorch_model.safetensors")), 1, ["{tmp}/export: cannot load the model"]),
@@ -397,6 +309,8 @@ ROWS = {
     "sample-evaluator-no-model-key": (lambda w, t: _sample(w, t, evaluator=_evaluator_file(t, "no_model_key")), 1,
                                       ["no_model_key.pth: no 'model' key"]),
 }
+
+
 if not torch.cuda.is_available():
     ROWS.update({
         "train-cuda-without-gpu": (lambda w, t: _train(w, t, device="cuda"), 1,
@@ -422,8 +336,8 @@ def _image_folder(w, tmp: Path, replace: dict[int, bytes]) -> Path:
 def test_bad_input_gives_one_line_and_leaves_nothing(row, world, tmp_path, capsys):
     build, code, expected = ROWS[row]
     argv = build(world, tmp_path)
-    before = _files(tmp_path, world.root)
-    rc, err = _cli(argv, capsys)
+    before = files_under(tmp_path, world.root)
+    rc, err = run_cli(argv, capsys)
     lines = [line for line in err.splitlines() if line.strip()]
     assert rc == code, f"exit {rc}, stderr:\n{err[-2000:]}"
     assert "Traceback" not in err
@@ -432,7 +346,7 @@ def test_bad_input_gives_one_line_and_leaves_nothing(row, world, tmp_path, capsy
         assert message.startswith("error: ") and sum(line.startswith("error: ") for line in lines) == 1, err
     for part in expected:
         assert part.replace("{tmp}", str(tmp_path)) in message, message
-    assert _files(tmp_path, world.root) == before, "files were left behind"
+    assert files_under(tmp_path, world.root) == before, "files were left behind"
 
 
 def test_every_item_of_the_list_is_in_the_table():
@@ -451,17 +365,28 @@ def test_every_item_of_the_list_is_in_the_table():
 
 
 def test_run_with_a_missing_course_folder_leaves_nothing(tmp_path, capsys):
-    before = _files(tmp_path)
-    rc, err = _cli(["run", "--profile", "tiny", "--data-root", tmp_path / "iclevr", "--out", tmp_path / "out"], capsys)
+    before = files_under(tmp_path)
+    rc, err = run_cli(["run", "--profile", "tiny", "--data-root", tmp_path / "iclevr", "--out", tmp_path / "out"], capsys)
     assert rc == 1 and err.splitlines()[-1].startswith(f"error: {tmp_path / 'iclevr'}: no train.json")
-    assert _files(tmp_path) == before
+    assert files_under(tmp_path) == before
 
 
 def test_run_does_not_render_into_an_explicit_missing_data_root(tmp_path, capsys):
-    before = _files(tmp_path)
-    rc, err = _cli(["run", "--profile", "tiny", "--data-root", tmp_path / "mine", "--out", tmp_path / "out"], capsys)
+    before = files_under(tmp_path)
+    rc, err = run_cli(["run", "--profile", "tiny", "--data-root", tmp_path / "mine", "--out", tmp_path / "out"], capsys)
     assert rc == 1 and err.splitlines()[-1].startswith(f"error: {tmp_path / 'mine'}: no train.json; render one with")
-    assert _files(tmp_path) == before
+    assert files_under(tmp_path) == before
+
+
+def test_cli_exit_codes_and_debug_traceback(world):
+    """The real entry point: a bad value exits 1 with one line and no traceback; --debug shows the traceback."""
+    bad = world.bg / "train.json"
+    rc, err = finish(world.procs["plain"])
+    assert rc == 1 and err == f"error: {bad}: entry 'a_0.png'[1]: duplicate object 'red cube'; each object may " \
+                              f"appear once per set\n"
+    rc, err = finish(world.procs["debug"])
+    assert rc == 1 and "Traceback (most recent call last)" in err and "LabelError" in err
+    assert not (world.bg / "o").exists()
 
 
 def test_odd_image_sizes_and_modes_are_read(world, tmp_path, capsys):
@@ -481,165 +406,5 @@ def test_odd_image_sizes_and_modes_are_read(world, tmp_path, capsys):
     imgs = _image_folder(world, tmp_path, {})
     odd["img_0000.png"].save(imgs / "0.png")
     odd["img_0003.png"].save(imgs / "1.png")
-    rc, err = _cli(_evaluate(world, tmp_path, images=imgs), capsys)
+    rc, err = run_cli(_evaluate(world, tmp_path, images=imgs), capsys)
     assert rc == 0, err
-
-
-# ---------------------------------------------------------------- integrity
-def test_checkpoints_and_exports_carry_their_config(world):
-    cfg = load_run_config(world.run).to_dict()
-    assert load_run_config(world.ckpt).to_dict() == cfg == load_run_config(world.export).to_dict()
-    assert cfg["profile"] == "tiny" and cfg["train"]["max_steps"] == 2
-    state = json.loads((world.ckpt / "state.json").read_text())
-    assert set(state["files"]) >= {"model/diffusion_pytorch_model.safetensors", "optimizer.pt", "random_states_0.pt"}
-    assert checkpoint_problem(world.ckpt) is None
-
-
-def test_resume_latest_skips_partial_saves_and_restores_an_interrupted_replace(world, tmp_path, capsys):
-    """A hard kill can leave .checkpoint-N.tmp (cut during writing) or .checkpoint-N.old with checkpoint-N gone
-    (cut between the two renames); a cut copy can leave an incomplete checkpoint-N. Resume handles all three."""
-    run = tmp_path / "run"
-    shutil.copytree(world.run, run)
-    os.replace(run / "checkpoint-2", run / ".checkpoint-2.old")  # killed between the renames of a re-save of 2
-    shutil.copytree(run / "checkpoint-1", run / ".checkpoint-3.tmp")  # killed while writing 3
-    shutil.copytree(run / ".checkpoint-2.old", run / "checkpoint-4")
-    _cut(run / "checkpoint-4" / "optimizer.pt")  # a cut copy
-    config = _write(tmp_path, "c.yaml", "train:\n  validate_num: 0\n")
-    rc, err = _cli(["train", "--profile", "tiny", "--config", config, "--data", world.ds, "--out", run, "--max-steps",
-                    3, "--resume", "latest", "--no-progress"], capsys)
-    assert rc == 0, err
-    assert "restoring checkpoint-2 from .checkpoint-2.old" in err
-    assert "removing .checkpoint-3.tmp" in err
-    assert f"skipping {run / 'checkpoint-4'}: incomplete (optimizer.pt has 100 bytes" in err
-    assert not list(run.glob(".checkpoint-*"))
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3]  # resumed from 2, not from 1
-
-
-# ---------------------------------------------------------------- interruption
-def _wait_for(cond, proc, log: Path, timeout: float = 180) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if proc.poll() is not None:
-            pytest.fail(f"training ended early (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
-        if time.monotonic() > end:
-            proc.kill()
-            pytest.fail(f"timed out waiting for training:\n{log.read_text()[-3000:]}")
-        time.sleep(0.02)
-
-
-def _latest_step(run: Path) -> int:
-    p = latest_checkpoint(run, warn=False)
-    return -1 if p is None else int(p.name.split("-")[1])
-
-
-def _losses(run: Path) -> list[tuple[int, float, float]]:
-    return [(m["step"], m["loss"], m["lr"]) for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
-
-
-def test_sigterm_ends_training_like_ctrl_c(world, tmp_path):
-    """A job scheduler's SIGTERM: the step under way finishes, then a checkpoint and the export, exit 130."""
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "lab6", "train", "--profile", "tiny", "--data", str(world.ds), "--out", str(run),
-           "--max-steps", "100000", "--checkpoint-every", "2", "--no-progress"]
-    log = tmp_path / "log.txt"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=f, stderr=subprocess.STDOUT, text=True)
-    _wait_for(lambda: _latest_step(run) >= 2, proc, log)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
-    k = _latest_step(run)
-    assert f"interrupted at step {k}: writing a checkpoint and the export" in log.read_text()
-    assert checkpoint_problem(run / f"checkpoint-{k}") is None and (run / "pipeline" / "model_index.json").is_file()
-
-
-def test_ctrl_c_then_sigkill_then_resume_gives_the_uninterrupted_losses(world, tmp_path, capsys):
-    """Real `lab6 train` subprocesses: Ctrl-C (SIGINT) ends with a checkpoint, the export and exit 130; a resumed
-    run killed with SIGKILL mid-run leaves its last checkpoint intact; resuming that reproduces, loss for loss and
-    byte for byte, a run that was never interrupted. A constant learning rate lets the resumed run stop at a step
-    chosen after the kill (with the default cosine schedule, max_steps shapes every step's learning rate)."""
-    config = _write(tmp_path, "c.yaml", "train:\n  lr_scheduler: constant\n  checkpoint_every: 2\n  validate_num: 0\n")
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "lab6", "train", "--profile", "tiny", "--config", str(config), "--data",
-           str(world.ds), "--out", str(run), "--max-steps", "100000", "--no-progress"]
-    log = tmp_path / "log.txt"
-
-    with open(log, "w") as f:
-        # a shell's background job (`make test &`) starts with SIGINT ignored, and children inherit that: restore
-        # the default so Python turns the signal into KeyboardInterrupt, as a terminal's Ctrl-C would
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=f, stderr=subprocess.STDOUT, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    _wait_for(lambda: _latest_step(run) >= 2, proc, log)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
-    text = log.read_text()
-    assert "Traceback" not in text and text.rstrip().endswith("interrupted"), text[-2000:]
-    k1 = _latest_step(run)
-    assert f"interrupted at step {k1}: writing a checkpoint and the export" in text
-    assert (run / "pipeline" / "model_index.json").is_file()
-
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd + ["--resume", "latest"], cwd=tmp_path, env=_env(), stdout=f,
-                                stderr=subprocess.STDOUT, text=True)
-    _wait_for(lambda: _latest_step(run) >= k1 + 2, proc, log)
-    proc.kill()  # SIGKILL: no handler runs
-    proc.wait(timeout=60)
-    assert f"resumed from {run / f'checkpoint-{k1}'} at step {k1}" in log.read_text()
-    k2 = _latest_step(run)
-    assert k2 > k1 and checkpoint_problem(run / f"checkpoint-{k2}") is None
-
-    end = k2 + 3
-    rc, err = _cli(["train", "--profile", "tiny", "--config", config, "--data", world.ds, "--out", run,
-                    "--max-steps", end, "--resume", "latest", "--no-progress"], capsys)
-    assert rc == 0, err
-    reference = train(load_config("tiny", config, output_dir=str(tmp_path / "ref"), data_root=str(world.ds),
-                                  max_steps=end), progress=False)
-    assert _losses(run) == _losses(reference)
-    assert [m[0] for m in _losses(run)] == list(range(1, end + 1))
-    for part in ("model", "ema"):
-        f = f"checkpoint-{end}/{part}/diffusion_pytorch_model.safetensors"
-        assert (run / f).read_bytes() == (reference / f).read_bytes(), part
-
-
-def test_cli_exit_codes_and_debug_traceback(world):
-    """The real entry point: a bad value exits 1 with one line and no traceback; --debug shows the traceback."""
-    bad = world.bg / "train.json"
-    rc, err = _finish(world.procs["plain"])
-    assert rc == 1 and err == f"error: {bad}: entry 'a_0.png'[1]: duplicate object 'red cube'; each object may " \
-                              f"appear once per set\n"
-    rc, err = _finish(world.procs["debug"])
-    assert rc == 1 and "Traceback (most recent call last)" in err and "LabelError" in err
-    assert not (world.bg / "o").exists()
-
-
-# ---------------------------------------------------------------- determinism
-def test_synth_is_byte_identical_for_a_seed(tmp_path, capsys):
-    """`lab6 synth --seed S` twice gives the same bytes in every file; another seed gives other images."""
-    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        rc, err = _cli(["synth", "--out", tmp_path / name, "--scenes", 2, "--size", 16, "--seed", seed,
-                        "--workers", 1], capsys)
-        assert rc == 0, err
-
-    def contents(folder):
-        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-    a, b, c = (contents(tmp_path / n) for n in "abc")
-    assert a == b and len(a) > 100
-    assert a["iclevr/synth_000000_0.png"] != c["iclevr/synth_000000_0.png"]
-
-
-def test_cpu_sampling_is_identical_across_runs(world, tmp_path, capsys, monkeypatch):
-    """`lab6 sample --seed S` in a fresh process and in this one (its global RNG moved on) writes the same PNG
-    bytes. (Another --batch-size changes the floats by ~1e-6, which can flip the rounding of a pixel.)"""
-    monkeypatch.chdir(tmp_path)  # no evaluator found here, as in the subprocess's folder: both runs only sample
-    torch.manual_seed(12345)
-    torch.rand(3)
-    rc, err = _cli([*_sample_args(world), "--out", tmp_path / "b"], capsys)
-    assert rc == 0, err
-    rc, err = _finish(world.procs["sample"])
-    assert rc == 0, err[-2000:]
-    a = sorted((world.bg / "a" / "test").iterdir())
-    b = sorted((tmp_path / "b" / "test").iterdir())
-    assert [p.name for p in a] == [p.name for p in b] and len(a) == 8
-    assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b))
-    assert (world.bg / "a" / "test_grid.png").read_bytes() == (tmp_path / "b" / "test_grid.png").read_bytes()
