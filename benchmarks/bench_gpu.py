@@ -1,24 +1,31 @@
-"""One prepared GPU session: measurements that need many training runs, with step budgets equal to what this
-project's 2-core CPU does in the same minutes, so that the GPU picks the recipes the CPU then confirms.
+"""One prepared GPU session: many training runs at once, with step budgets of what a CPU does in as many minutes.
 
-    python benchmarks/bench_gpu.py --data data/synth --out OUT --device cuda [--jobs evaluator,sweep,...]
+The GPU picks the recipes that the CPU then confirms.
 
-Jobs run as separate processes on the one GPU (`--jobs`; a group name expands to one job per variant):
+    python benchmarks/bench_gpu.py --data data/synth --out OUT --device cuda [--jobs evaluator,full,quick,...]
+
+Jobs run as separate processes on the one GPU (`--jobs`; a group name expands to one job per recipe):
 
 * `evaluator`: renders an all-pairs training set and trains the course's ResNet-18 at full width, then
   measures its ceiling on the ground-truth renders of `--data`. The jobs that score samples wait for it.
 * `evsweep`: the CPU evaluator recipes of `EV_VARIANTS` (narrow widths), each trained for the steps the CPU
-  does in `--ev-cpu-minutes`, and their ceilings: which recipe the CPU should run.
-* `sweep`: the quick-recipe variants of `VARIANTS`, each trained for the steps the CPU does for it in
-  `--cpu-minutes` (its LR schedule ends there), scored with DPM-Solver++ 20 steps over guidance 1-5.
-* `curve`: one long run per `CURVE_VARIANTS` recipe, validated every `--curve-every` CPU-minute equivalents on
-  all three splits: accuracy against CPU-minutes beyond what a CPU session can measure.
+  does in `--ev-cpu-minutes` at the speed `--ev-cpu-img-per-s` gives for its width, and their ceilings.
+* `sweep`: the recipes of `--variants` (profiles with settings, `quick+lr=0.001`, as bench_quality's
+  `--profiles`), each trained for the steps the CPU does for it in `--cpu-minutes` at the speed
+  `--cpu-img-per-s` gives for it (its LR schedule ends there), scored with DPM-Solver++ 20 steps over
+  guidance 1-5.
+* `curve`: one long run per `--curve-variants` recipe, validated every `--curve-every` CPU-minute equivalents
+  on all three splits: accuracy against CPU-minutes beyond what a CPU session can measure.
 * `sampling`: `bench_sampling.py` on `--model` (every sampler, default guidance and none, `--seeds`).
 * `full`, `quick`: the `full` profile's speed and accuracy, and a long `quick` run.
 
-Each job writes OUT/<job>/result.json; the orchestrator stops every job at `--deadline` seconds, prints one
+Each job writes OUT/<job>[-<recipe>]/result.json; the orchestrator stops every job at `--deadline` seconds, prints one
 table and writes OUT/results.json and OUT/summary.txt. Every job also runs on the CPU with tiny settings
 (`--profile tiny ...`), which is how this script is tested before it spends GPU time.
+
+A step budget stands for minutes of one CPU only through that CPU's training speed, so the speeds are options,
+never constants: measure them on the CPU in question (bench_quality's `img/s` column, or bench_step), idle,
+with the threads it will train with.
 """
 from __future__ import annotations
 
@@ -31,65 +38,14 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+REPO = C.REPO
 
 SCALES = (1.0, 2.0, 3.0, 4.0, 5.0)
-# Quick-recipe variants: (name, overrides of the `quick` profile, CPU speed ratio). The ratio is the variant's
-# training images per second on the 2-core CPU relative to the profile's (--cpu-img-per-s, measured there),
-# so each variant gets the steps that the CPU would do for it in the same minutes.
-QUICK_IMG_S = 173.4  # the quick profile (2×2 patches), batch 64, 2 threads (bench_quality, 2026-11-26)
-# The quick profile of that sweep (before 2026-12-04: 2x2 patches of a 32x32 image, min-SNR-5 with importance-
-# sampled t, object pixels weighed 4x), spelled out so that the recorded sweep stays reproducible.
-_PREVIOUS = {"model": {"sample_size": 32, "patch_size": 2, "block_out_channels": (64, 64, 64),
-                       "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                       "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D")},
-             "train": {"lr": 2e-3, "min_snr_gamma": 5.0, "timestep_sampling": "importance", "foreground_weight": 3.0,
-                       "max_steps": 3200}}
-
-
-def _on_previous(over: dict) -> dict:
-    """`over` on top of the previous quick profile, section by section."""
-    return {k: {**_PREVIOUS.get(k, {}), **over.get(k, {})} for k in {*_PREVIOUS, *over}}
-
-
-# The profile before patches and the constant LR (it trained at 96 img/s on the CPU):
-_UNPATCHED = _on_previous({"model": {"block_out_channels": (32, 64, 64), "patch_size": 1},
-                           "train": {"lr_scheduler": "cosine"}})
-# The recipe `quick` had before the 2026-11-26 sweep made its winner the profile; it trained at 74.1 img/s.
-_OLD = _on_previous({"model": {"block_out_channels": (32, 64, 128), "resnet_time_scale_shift": "default",
-                               "patch_size": 1},
-                     "train": {"min_snr_gamma": None, "timestep_sampling": "uniform", "lr_scheduler": "cosine"}})
-_R = 74.1 / QUICK_IMG_S
-
-
-def _old(model=None, train=None, schedule=None):
-    """Overrides of the old quick recipe with `model`, `train` and `schedule` changes on top."""
-    over = {"model": {**_OLD["model"], **(model or {})}, "train": {**_OLD["train"], **(train or {})}}
-    return over | ({"schedule": schedule} if schedule else {})
-
-
-VARIANTS = (
-    ("quick", _on_previous({}), 1.0),  # the profile of that sweep (quick-unpatched + 2×2 patches, 64/64/64, constant LR)
-    ("quick-unpatched", _UNPATCHED, 96.0 / QUICK_IMG_S),
-    ("quick-uniform-t", {"model": _UNPATCHED["model"], "train": {**_UNPATCHED["train"], "timestep_sampling": "uniform"}},
-     96.0 / QUICK_IMG_S),  # the profile before importance sampling
-    # the 2026-11-26 sweep (benchmarks/README.md), each relative to the old recipe, speeds measured on the CPU
-    ("old-quick", _old(), _R),
-    ("min-snr-5", _old(train={"min_snr_gamma": 5.0}), _R),
-    ("min-snr-5-lr-1e-3", _old(train={"min_snr_gamma": 5.0, "lr": 1e-3}), _R),
-    ("batch-32", _old(train={"batch_size": 32}), _R * 70.8 / 74.1),
-    ("batch-128-lr-3e-3", _old(train={"batch_size": 128, "lr": 3e-3}), _R * 76.3 / 74.1),
-    ("scale-shift", _old(model={"resnet_time_scale_shift": "scale_shift"}), _R * 70.0 / 74.1),
-    ("narrow-64", _old(model={"block_out_channels": (32, 64, 64)}), _R * 102.4 / 74.1),
-    ("zero-snr", _old(schedule={"zero_terminal_snr": True}), _R),
-    ("eps-pred", _old(schedule={"prediction_type": "epsilon"}), _R),
-    ("narrow-64-min-snr-5", _old(model={"block_out_channels": (32, 64, 64)}, train={"min_snr_gamma": 5.0}),
-     _R * 102.4 / 74.1),
-)
-CURVE_VARIANTS = ("quick",)
 # CPU evaluator recipes: (name, EvaluatorTrainConfig overrides, all-pairs scenes). Each trains for what the
-# 2-core CPU does in --ev-cpu-minutes at its width (EV_CPU_IMG_S) or its epochs, whichever ends first.
+# CPU does in --ev-cpu-minutes at its width (--ev-cpu-img-per-s) or for its epochs, whichever ends first.
 EV_VARIANTS = (
     ("w16-20ep", {"width": 16, "epochs": 20}, 6000),
     ("w16-40ep", {"width": 16, "epochs": 40}, 6000),
@@ -100,7 +56,6 @@ EV_VARIANTS = (
     ("w24-40ep", {"width": 24, "epochs": 40}, 6000),
     ("w32-40ep", {"width": 32, "epochs": 40}, 6000),
 )
-EV_CPU_IMG_S = {16: 994.0, 24: 644.0, 32: 465.0}  # 2 threads, batch 64, measured on the 2-core CPU
 
 
 def by_name(table, names: str | None):
@@ -108,11 +63,49 @@ def by_name(table, names: str | None):
     if not names:
         return list(table)
     wanted = names.split(",")
-    known = {row[0] if isinstance(row, tuple) else row: row for row in table}
+    known = {row[0]: row for row in table}
     missing = [n for n in wanted if n not in known]
     if missing:
         raise SystemExit(f"error: unknown variant(s) {missing}; known: {sorted(known)}")
     return [known[n] for n in wanted]
+
+
+def job_folder(out: Path, job: str) -> Path:
+    """OUT/<kind> or OUT/<kind>-<recipe or variant>, the recipe cut to a file-name-safe length."""
+    from bench_quality import file_stem
+    kind, _, variant = job.partition(":")
+    return out / (f"{kind}-{file_stem(variant)}" if variant else kind)
+
+
+def cpu_rates(args, jobs: list[str]) -> dict[str, float]:
+    """--cpu-img-per-s for every recipe of the `sweep` and `curve` jobs: {recipe: CPU training img/s}."""
+    from bench_quality import per_profile
+
+    from lab6.errors import ConfigError
+    recipes = list(dict.fromkeys(j.partition(":")[2] for j in jobs if j.startswith(("sweep:", "curve:"))))
+    try:
+        rates = per_profile("--cpu-img-per-s", args.cpu_img_per_s, recipes, cast=float)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    missing = [r for r, v in rates.items() if v is None]
+    if missing:
+        raise SystemExit(f"error: --cpu-img-per-s: no CPU training speed for {', '.join(missing)}; give RATE or "
+                         f"RECIPE=RATE,... (images per second of the CPU whose minutes the step budgets stand for)")
+    return rates
+
+
+def ev_cpu_rates(args) -> dict[int, float]:
+    """--ev-cpu-img-per-s 'WIDTH=RATE,...' -> {width: CPU training img/s of the evaluator at that width}."""
+    try:
+        rates = {int(w): float(r) for w, r in (part.split("=") for part in (args.ev_cpu_img_per_s or "").split(",")
+                                               if part)}
+    except ValueError:
+        raise SystemExit(f"error: --ev-cpu-img-per-s: expected WIDTH=RATE,..., got {args.ev_cpu_img_per_s!r}") from None
+    widths = {over["width"] for _, over, _ in by_name(EV_VARIANTS, args.ev_variants)}
+    missing = sorted(w for w in widths if rates.get(w, 0) <= 0)
+    if missing:
+        raise SystemExit(f"error: --ev-cpu-img-per-s: no CPU training speed > 0 for width(s) {missing}")
+    return rates
 
 
 def evaluator_for(out: Path, fallback: str, wait_s: float = 600) -> Path:
@@ -210,6 +203,8 @@ def cpu_steps(minutes: float, img_per_s: float, batch: int) -> int:
 
 def run_job(args) -> None:
     """One job in this process: train, evaluate, write <out>/<job>/result.json."""
+    from bench_quality import file_stem, profile_overrides
+
     from lab6.config import load_config
     from lab6.data import TEST_SPLITS
 
@@ -217,7 +212,7 @@ def run_job(args) -> None:
     data, dev = Path(args.data), args.device
     kind, _, variant = args.job.partition(":")
     result: dict = {"job": args.job}
-    folder = out / args.job.replace(":", "-")
+    folder = job_folder(out, args.job)
 
     def save():
         _write(folder / "result.json", result)
@@ -226,14 +221,13 @@ def run_job(args) -> None:
         result.update(evaluator_job(args, folder))
     elif kind == "evsweep":
         (name, over, scenes), = by_name(EV_VARIANTS, variant)
-        result.update(evsweep_job(args, folder, over, scenes))
+        result.update(evsweep_job(args, folder, over, scenes, ev_cpu_rates(args)))
     elif kind == "full":
         run, result["train"] = train_job("full", args.full_profile, {}, folder, data, dev, args.full_steps,
                                          args.full_minutes, args.threads)
         result["eval"] = evaluate(run / "pipeline", data, evaluator_for(out, args.evaluator), dev,
                                   (1.0, 2.0, 4.0), steps=25, seeds=tuple(args.full_seeds))
     elif kind == "quick":
-        from bench_quality import profile_overrides
         spec = args.quick_profile or args.profile
         base, over = profile_overrides(spec)
         result["spec"] = spec
@@ -242,26 +236,28 @@ def run_job(args) -> None:
         result["eval"] = evaluate(run / "pipeline", data, evaluator_for(out, args.evaluator), dev, SCALES,
                                   steps=25, seeds=(0, 1, 2), samplers=True)
     elif kind == "sweep":
-        (name, over, ratio), = by_name(VARIANTS, variant)
-        batch = load_config(args.profile, **over).train.batch_size
-        steps = cpu_steps(args.cpu_minutes, args.cpu_img_per_s * ratio, batch)
-        result["cpu_minutes"], result["batch_size"] = args.cpu_minutes, batch
-        run, result["train"] = train_job(name, args.profile, over, folder, data, dev, steps, None, args.threads)
+        base, over = profile_overrides(variant)
+        batch = load_config(base, **over).train.batch_size
+        rate = cpu_rates(args, expand(args.jobs, args))[variant]
+        steps = cpu_steps(args.cpu_minutes, rate, batch)
+        result["cpu_minutes"], result["cpu_img_per_s"], result["batch_size"] = args.cpu_minutes, rate, batch
+        run, result["train"] = train_job(file_stem(variant), base, over, folder, data, dev, steps, None, args.threads)
         save()
         result["eval"] = evaluate(run / "pipeline", data, evaluator_for(out, args.evaluator), dev, SCALES,
                                   seeds=tuple(args.sweep_seeds))
     elif kind == "curve":
-        (name, over, ratio), = by_name(VARIANTS, variant)
-        batch = load_config(args.profile, **over).train.batch_size
-        steps = cpu_steps(args.curve_minutes, args.cpu_img_per_s * ratio, batch)
-        every = cpu_steps(args.curve_every, args.cpu_img_per_s * ratio, batch)
+        base, over = profile_overrides(variant)
+        batch = load_config(base, **over).train.batch_size
+        rate = cpu_rates(args, expand(args.jobs, args))[variant]
+        steps = cpu_steps(args.curve_minutes, rate, batch)
+        every = cpu_steps(args.curve_every, rate, batch)
         ev = evaluator_for(out, args.evaluator)  # in-loop validation scores with it from the first check on
         result.update(cpu_minutes=args.curve_minutes, every_cpu_minutes=args.curve_every, every_steps=every,
                       guidance=args.curve_guidance, evaluator=str(ev))
         over = {**over, "sample": {**over.get("sample", {}), "guidance_scale": args.curve_guidance}}
         t0 = time.time()
         run, result["train"] = train_job(
-            name, args.profile, over, folder, data, dev, steps, None, args.threads,
+            file_stem(variant), base, over, folder, data, dev, steps, None, args.threads,
             extra_train={"validate_every": every, "validate_num": 32, "evaluator": str(ev),
                          "validate_splits": TEST_SPLITS, "checkpoint_every": steps})
         result["train"]["wall_s"] = round(time.time() - t0, 1)
@@ -323,7 +319,7 @@ def evaluator_job(args, out: Path) -> dict:
             "info": {k: v for k, v in ev.info.items() if isinstance(v, (int, float, str))}}
 
 
-def evsweep_job(args, out: Path, over: dict, scenes: int) -> dict:
+def evsweep_job(args, out: Path, over: dict, scenes: int, rates: dict[int, float]) -> dict:
     """One CPU evaluator recipe, trained for the CPU's steps in --ev-cpu-minutes (or its epochs), and its ceiling."""
     from lab6.data import CourseData
     from lab6.evaluator import Evaluator
@@ -333,7 +329,7 @@ def evsweep_job(args, out: Path, over: dict, scenes: int) -> dict:
     n = len(CourseData(eval_data).train)
     cfg = EvaluatorTrainConfig(**over)
     steps_per_epoch = max(1, (n - min(cfg.val_images, n // 5)) // cfg.batch_size)  # as train_evaluator counts
-    cpu = cpu_steps(args.ev_cpu_minutes, EV_CPU_IMG_S[cfg.width], cfg.batch_size)
+    cpu = cpu_steps(args.ev_cpu_minutes, rates[cfg.width], cfg.batch_size)
     cfg.epochs = max(1, min(cfg.epochs, round(cpu / steps_per_epoch)))  # what ends first on the CPU
     cfg.max_minutes, cfg.threads = 0, args.threads
     t0 = time.time()
@@ -341,7 +337,7 @@ def evsweep_job(args, out: Path, over: dict, scenes: int) -> dict:
     ev = Evaluator(ckpt, device=args.device)
     info = {k: v for k, v in ev.info.items() if isinstance(v, (int, float, str))}
     return {"config": vars(cfg), "scenes": eval_data.name, "images": n, "cpu_steps": cpu,
-            "cpu_minutes": round(info.get("steps", 0) * cfg.batch_size / EV_CPU_IMG_S[cfg.width] / 60, 2),
+            "cpu_minutes": round(info.get("steps", 0) * cfg.batch_size / rates[cfg.width] / 60, 2),
             "train_s": round(time.time() - t0, 1), "ceiling": ceiling(ev, Path(args.data)), "info": info}
 
 
@@ -353,15 +349,15 @@ def _write(path: Path, obj) -> None:
 
 
 def expand(jobs: str, args) -> list[str]:
-    """Job groups to single jobs: `sweep` -> sweep:<variant> for each selected variant, and so on."""
+    """Job groups to single jobs: `sweep` -> sweep:<recipe> for each recipe of --variants, and so on."""
     out = []
     for job in jobs.split(","):
         if job == "sweep":
-            out += [f"sweep:{v[0]}" for v in by_name(VARIANTS, args.variants)]
+            out += [f"sweep:{v}" for v in args.variants or [args.profile]]
         elif job == "evsweep":
             out += [f"evsweep:{v[0]}" for v in by_name(EV_VARIANTS, args.ev_variants)]
         elif job == "curve":
-            out += [f"curve:{v}" for v in (args.curve_variants.split(",") if args.curve_variants else CURVE_VARIANTS)]
+            out += [f"curve:{v}" for v in args.curve_variants or [args.profile]]
         else:
             out.append(job)
     return out
@@ -369,11 +365,14 @@ def expand(jobs: str, args) -> list[str]:
 
 def orchestrate(args) -> int:
     """Start the jobs, stop what is left at --deadline, and summarise."""
+    jobs = expand(args.jobs, args)
+    cpu_rates(args, jobs)  # a missing CPU speed fails now, not inside a job
+    if any(j.startswith("evsweep:") for j in jobs):
+        ev_cpu_rates(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     argv = [a for a in sys.argv[1:]]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_WAIT_POLICY="PASSIVE")
-    jobs = expand(args.jobs, args)
     if "evaluator" in jobs:
         (out / "evaluator.started").touch()
     scenes = {args.eval_scenes} if "evaluator" in jobs else set()
@@ -383,7 +382,8 @@ def orchestrate(args) -> int:
     procs = {}
     t0 = time.time()
     for job in jobs:
-        log = open(out / f"{job.replace(':', '-')}.log", "w")
+        folder = job_folder(out, job)
+        log = open(folder.with_name(folder.name + ".log"), "w")
         procs[job] = (subprocess.Popen([sys.executable, __file__, *argv, "--job", job], stdout=log,
                                        stderr=subprocess.STDOUT, env=env), log)
         print(f"[{time.time() - t0:5.0f} s] started {job}", flush=True)
@@ -406,7 +406,7 @@ def orchestrate(args) -> int:
     results = {"machine": machine(args.device), "args": vars(args), "exit_codes": codes,
                "wall_s": round(time.time() - t0, 1)}
     for job in procs:
-        folder = out / job.replace(":", "-")
+        folder = job_folder(out, job)
         path = folder / "result.json"
         results[job] = json.loads(path.read_text()) if path.exists() else None
         if job.startswith("curve:"):  # killed or not, its validation records are on disk
@@ -414,7 +414,7 @@ def orchestrate(args) -> int:
             if metrics:
                 results[job] = results[job] or {"job": job}
                 results[job].setdefault("train", {})
-                results[job]["train"].update(train_summary(metrics.parent, args.profile, 0)
+                results[job]["train"].update(train_summary(metrics.parent, job.partition(":")[2], 0)
                                              if not results[job]["train"].get("validation") else {})
     _write(out / "results.json", results)
     text = summary(results)
@@ -495,7 +495,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="cuda")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per job")
-    p.add_argument("--jobs", default="evaluator,evsweep,sweep,curve,sampling")
+    p.add_argument("--jobs", default="evaluator,full,quick,sampling",
+                   help="comma list of evaluator, evsweep, sweep, curve, sampling, full, quick "
+                        "(default evaluator,full,quick,sampling: the jobs that need no CPU speeds)")
     p.add_argument("--job", default=None, help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, default=480, help="seconds after which unfinished jobs are stopped")
     p.add_argument("--render-workers", type=int, default=0, help="processes for the all-pairs renders (0: all)")
@@ -507,13 +509,22 @@ def main(argv=None) -> int:
     p.add_argument("--ev-variants", default=None, help="comma list of EV_VARIANTS names (default all)")
     p.add_argument("--ev-scenes-scale", type=float, default=1.0, help="scales every all-pairs set (CPU checks)")
     p.add_argument("--ev-cpu-minutes", type=float, default=9.0, help="the CPU evaluator's training budget")
-    p.add_argument("--profile", default="quick", help="profile of `sweep`, `curve` and (unless --quick-profile) `quick`")
-    p.add_argument("--variants", default=None, help="comma list of VARIANTS names for `sweep` (default all)")
-    p.add_argument("--cpu-minutes", type=float, default=20.0, help="CPU minutes each sweep variant gets")
-    p.add_argument("--cpu-img-per-s", type=float, default=QUICK_IMG_S,
-                   help="the profile's CPU training speed (img/s); VARIANTS' ratios are relative to it")
+    p.add_argument("--ev-cpu-img-per-s", default=None, metavar="WIDTH=RATE,...",
+                   help="`evsweep`: training images per second of the CPU evaluator at each width on the CPU the "
+                        "budget stands for, e.g. 16=900,32=450 (required for evsweep)")
+    p.add_argument("--profile", default="quick",
+                   help="the recipe of `sweep` and `curve` when no --variants / --curve-variants are given, and of "
+                        "`quick` unless --quick-profile")
+    p.add_argument("--variants", type=C.name_list, default=None,
+                   help="comma list of recipes for `sweep`, PROFILE+setting=value+... as bench_quality's --profiles "
+                        "(default --profile)")
+    p.add_argument("--cpu-minutes", type=float, default=20.0, help="CPU minutes each sweep recipe gets")
+    p.add_argument("--cpu-img-per-s", default=None, metavar="RATE|RECIPE=RATE,...",
+                   help="`sweep` and `curve`: training images per second of each recipe on the CPU whose minutes "
+                        "the step budgets stand for, one figure for all or one per recipe (required for them)")
     p.add_argument("--sweep-seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1])
-    p.add_argument("--curve-variants", default=None, help="comma list of VARIANTS names for `curve`")
+    p.add_argument("--curve-variants", type=C.name_list, default=None,
+                   help="comma list of recipes for `curve` (default --profile)")
     p.add_argument("--curve-minutes", type=float, default=90.0, help="CPU minutes of the curve runs")
     p.add_argument("--curve-every", type=float, default=10.0, help="CPU minutes between the curve's checks")
     p.add_argument("--curve-guidance", type=float, default=2.0)

@@ -40,6 +40,7 @@ from lab6.data import TEST_SPLITS  # noqa: E402
 
 SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm": "DPM++", "dpm-sde": "SDE-DPM++"}  # as in lab6.compare
 EVAL_SAMPLER, EVAL_STEPS = "dpm", 20
+BUDGET_KEYS = ("profile", "budget_min", "train_min", "steps", "max_steps", "lr", "img_per_s", "load_avg_1m")
 CSV_HEADER = ["profile", "budget_min", "train_min", "steps", "max_steps", "lr", "train_img_per_s", "load_avg_1m",
               "split", "sampler", "num_steps", "guidance", "seed", "accuracy", "hits", "labels", "sample_seconds",
               "reused", "unrequested"]
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling seeds, averaged (default 0; 32 label sets vary by about +-0.04 between seeds)")
     p.add_argument("--num-sets", default=None, metavar="N|PROFILE=N,...",
                    help="sample only the first N label sets of each split, for every profile or e.g. seed=8 "
-                        "(default all 32; the seed UNet samples under 1 image/s on a 2-core CPU)")
+                        "(default all 32; the seed UNet samples slowly on a CPU)")
     p.add_argument("--data", type=Path, default=None,
                    help="dataset root with train.json, test files and the evaluator (default data/synth)")
     p.add_argument("--evaluator", default=None, help="evaluator checkpoint (default <data>/checkpoint.pth or "
@@ -88,21 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def per_profile(option: str, text: str | None, profiles: list[str]) -> dict[str, int | None]:
-    """'600' or 'quick=600,seed=30000' -> {profile: value or None (= not given)}; values must be > 0."""
+def per_profile(option: str, text: str | None, profiles: list[str], cast=int) -> dict:
+    """'600' or 'quick=600,seed=30000' -> {profile: cast(value) or None (= not given)}; values must be > 0."""
     from lab6.errors import ConfigError
-    out: dict[str, int | None] = {p: None for p in profiles}
+    out: dict = {p: None for p in profiles}
     if not text:
         return out
     try:
         if "=" not in text:
-            out = {p: int(text) for p in profiles}
+            out = {p: cast(text) for p in profiles}
         else:
             for part in C.name_list(text):
                 name, value = part.rsplit("=", 1)  # a variant's name holds '=' too
                 if name not in out:
-                    raise ConfigError(f"{option}: {name!r} is not among --profiles {','.join(profiles)}")
-                out[name] = int(value)
+                    raise ConfigError(f"{option}: {name!r} is not one of {','.join(profiles)}")
+                out[name] = cast(value)
     except ValueError:
         raise ConfigError(f"{option}: expected N or PROFILE=N,..., got {text!r}") from None
     if any(v is not None and v <= 0 for v in out.values()):
@@ -260,8 +261,43 @@ def plot(path: Path, budgets_rows: list[dict], splits: list[str], scales, native
     plt.close(fig)
 
 
+class Session:
+    """What every profile's run shares: the options, the folders, the machine, the label sets and the judge;
+    and what the runs add for the report."""
+
+    def __init__(self, args, out: Path, runs: Path, info: dict, load_start: dict, sets_by_split: dict, ev,
+                 ceiling: dict):
+        self.args, self.out, self.runs, self.info, self.load_start = args, out, runs, info, load_start
+        self.sets_by_split, self.ev, self.ceiling = sets_by_split, ev, ceiling
+        self.splits = list(sets_by_split)
+        self.psets: dict = {}          # profile -> {split: the label sets it samples}
+        self.budget_rows: list = []    # one per profile and budget, with its sample rows
+        self.native_rows: list = []    # each profile's own sampler at the final budget
+        self.notes: list = []
+        self.profiles_info: dict = {}
+        self.load_end: dict = {}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_args(args)
+    max_steps = per_profile("--max-steps", args.max_steps, args.profiles)
+    num_sets = per_profile("--num-sets", args.num_sets, args.profiles)
+    s = open_session(args)
+    t_bench = time.perf_counter()
+    for prof in args.profiles:
+        s.psets[prof] = {split: v[:num_sets[prof]] for split, v in s.sets_by_split.items()}
+        run_profile(s, prof, max_steps[prof])
+    header, table = budget_table(s)
+    report = report_lines(s, header, table, time.perf_counter() - t_bench)
+    print("\n" + "\n".join(report))
+    write_results(s, header, table, report, time.perf_counter() - t_bench)
+    return 0
+
+
+def check_args(args) -> None:
+    """Refuse bad options before anything is trained, a bad profile setting included."""
+    from lab6.config import PROFILES
     from lab6.errors import ConfigError
     if args.budgets != sorted(args.budgets) or len(set(args.budgets)) != len(args.budgets) or args.budgets[0] <= 0:
         raise ConfigError(f"--budgets: must be positive and increasing, got {args.budgets}")
@@ -269,20 +305,21 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--scales: must be >= 0 (1 = no guidance), got {args.scales}")
     if args.threads is not None and args.threads <= 0:
         raise ConfigError(f"--threads: must be > 0, got {args.threads}")
-    from lab6.config import PROFILES
     for prof in args.profiles:
         if profile_spec(prof)[0] not in PROFILES:
             raise ConfigError(f"--profiles: unknown profile {prof!r}; choose from {', '.join(PROFILES)}")
         train_config(prof, Path("."), args, 1.0, None)  # a bad setting fails now, not after the first run
-    max_steps = per_profile("--max-steps", args.max_steps, args.profiles)
-    num_sets = per_profile("--num-sets", args.num_sets, args.profiles)
 
+
+def open_session(args) -> Session:
+    """The results folder, the machine, the label sets of each split and the evaluator with its ceiling."""
     import torch
     from diffusers.utils import logging as diffusers_logging
 
-    from lab6.data import CourseData
-    from lab6.io import ensure_writable_dir, write_json, write_text
-    from lab6.sample import get_evaluator, load_pipeline
+    from lab6.data import DATA_DIR, CourseData
+    from lab6.errors import ConfigError
+    from lab6.io import ensure_writable_dir
+    from lab6.sample import get_evaluator
 
     diffusers_logging.disable_progress_bar()  # "Loading pipeline components" at every budget
     out = ensure_writable_dir(args.out or C.default_out("quality"))
@@ -294,7 +331,6 @@ def main(argv: list[str] | None = None) -> int:
     print(C.machine_line(info, load_start))
     print(f"results: {out}   training runs: {runs}")
 
-    from lab6.data import DATA_DIR
     args.data = args.data or DATA_DIR / "synth"
     data = CourseData(args.data)
     sets_by_split = {}
@@ -305,192 +341,223 @@ def main(argv: list[str] | None = None) -> int:
         sets_by_split[split] = data.label_sets(split)
     if not sets_by_split:
         raise ConfigError(f"--splits: none of {', '.join(args.splits)} exists in {data.root}")
-    splits = list(sets_by_split)
     ev = get_evaluator(args.evaluator, data.root, args.device)
     if ev is None:
         raise ConfigError(f"{data.root}: no evaluator to score samples with; pass --evaluator or train one with "
                           f"`lab6 train-evaluator --data {data.root}`")
     print(f"evaluator {ev.path}; splits {', '.join(f'{s} ({len(v)} sets)' for s, v in sets_by_split.items())}; "
           f"seeds {args.seeds}")
-    psets_all = {prof: {s: v[:num_sets[prof]] for s, v in sets_by_split.items()} for prof in args.profiles}
     ceiling = {s: C.ground_truth_accuracy(ev, data.root, s, len(v)) for s, v in sets_by_split.items()}
     if any(v is not None for v in ceiling.values()):
         print("evaluator on the ground-truth renders (<split>_gt/, the ceiling): "
               + ", ".join(f"{s} {a:.3f}" for s, a in ceiling.items() if a is not None))
+    return Session(args, out, runs, info, load_start, sets_by_split, ev, ceiling)
 
+
+def run_profile(s: Session, prof: str, max_steps: int | None) -> None:
+    """Train one profile through every budget, evaluating at each, then sample it with its own sampler."""
+    import torch
+    run_dir = s.runs / file_stem(prof)
+    cfg = train_config(prof, run_dir, s.args, s.args.budgets[-1], max_steps)
+    # Classifier-free guidance needs the unconditional model that condition dropout trains; a recipe
+    # without it (the seed report's) is sampled as it prescribes, without guidance.
+    scales = s.args.scales if cfg.train.cond_drop_prob > 0 else [1.0]
+    announce_profile(s, prof, cfg, scales)
+    trained_s, step, last, segments = train_through_budgets(s, prof, run_dir, cfg, scales, max_steps)
+    note_schedule_end(s, prof, cfg.train, trained_s, step, last)
+    native = own_sampler(s, prof, run_dir, cfg, scales)
+    s.profiles_info[prof] = {"run_dir": str(run_dir), "config": cfg.to_dict(), "segments": segments,
+                             "torch_threads": torch.get_num_threads(), "native": native,
+                             "train_minutes": round(trained_s / 60, 3), "final_step": step}
+    if s.args.delete_runs:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def announce_profile(s: Session, prof: str, cfg, scales) -> None:
+    """Print what one evaluation costs and note the LR schedule and a missing condition dropout."""
+    t, psets = cfg.train, s.psets[prof]
+    evals = sum(len(v) for v in psets.values()) * len(s.args.seeds) * EVAL_STEPS \
+        * sum(1 if w == 1 else 2 for w in scales)
+    print(f"{prof}: each evaluation samples {', '.join(f'{k} {len(v)}' for k, v in psets.items())} label sets "
+          f"= {evals} network evaluations of one image")
+    sched = (f"{prof}: LR {t.lr_scheduler} with {t.lr_warmup_steps} warmup steps to {t.lr:g} over max_steps="
+             f"{t.max_steps}, set once for the whole run; every budget resumes the same run, so the schedule "
+             f"equals one uninterrupted run of {s.args.budgets[-1]:g} min, and it depends on steps, not minutes")
+    s.notes.append(sched)
+    print(sched)
+    if t.cond_drop_prob == 0:
+        s.notes.append(f"{prof}: trained without condition dropout (cond_drop_prob 0), so it has no unconditional "
+                       f"model to guide with: sampled without guidance (scale 1) only, as its recipe prescribes")
+
+
+def train_through_budgets(s: Session, prof: str, run_dir: Path, cfg, scales, max_steps: int | None):
+    """Resume one run up to each cumulative budget and evaluate it there; (trained s, step, last segment, segments)."""
+    t = cfg.train
+    trained_s, step, last, evaluated = 0.0, 0, None, None
+    segments: list[dict] = []
+    for budget in s.args.budgets:
+        remaining = 60 * budget - trained_s
+        seg = None
+        if step >= t.max_steps:
+            print(f"{prof} @ {budget:g} min: no further training (max_steps={t.max_steps} reached earlier)")
+        elif remaining <= 0:
+            print(f"{prof} @ {budget:g} min: no further training (the previous segment overshot to "
+                  f"{trained_s / 60:.2f} min (one step is that long))")
+        else:
+            seg = train_segment(prof, run_dir, s.args, remaining, max_steps, resume=step > 0)
+            trained_s += seg["train_s"]
+            step = seg["last_step"] if seg["last_step"] is not None else step
+            last = seg
+            segments.append({k: v for k, v in seg.items() if k != "config"} | {"budget_min": budget})
+        ips = seg["steps"] * t.batch_size / seg["train_s"] if seg and seg["train_s"] > 0 else None
+        load = C.load_average()["load_avg"][0]
+        print(f"{prof} @ {budget:g} min: step {step} after {trained_s / 60:.2f} training minutes"
+              + (f", {ips:.1f} img/s" if ips else "")
+              + (f", lr {last['lr']:.3g}, loss {last['loss']:.4f}" if last else "") + f"; load {load}", flush=True)
+        if seg is None and evaluated is not None:  # nothing trained since: the same weights, the same scores
+            rows = [dict(r, reused=True) for r in evaluated]
+        else:
+            rows = evaluated = evaluate_budget(s, prof, run_dir, scales, budget)
+        s.budget_rows.append({"profile": prof, "budget_min": budget, "train_min": trained_s / 60, "steps": step,
+                              "max_steps": t.max_steps, "lr": last["lr"] if last else None,
+                              "img_per_s": ips, "load_avg_1m": load, "rows": rows})
+    return trained_s, step, last, segments
+
+
+def evaluate_budget(s: Session, prof: str, run_dir: Path, scales, budget: float) -> list[dict]:
+    """Sample every split with DPM-Solver++ 20 steps at every scale and seed, and score the images."""
+    from lab6.sample import load_pipeline
+    pipe = load_pipeline(run_dir, s.args.device)
+    t0 = time.perf_counter()
+    rows = sample_rows(pipe, s.ev, s.psets[prof], EVAL_SAMPLER, EVAL_STEPS, scales, s.args.seeds,
+                       s.out / "grids", f"{file_stem(prof)}-{budget:g}min")
+    print(f"  sampled and scored in {time.perf_counter() - t0:.0f} s", flush=True)
+    return rows
+
+
+def note_schedule_end(s: Session, prof: str, t, trained_s: float, step: int, last: dict | None) -> None:
+    """Note a run that reached max_steps before the last budget, or one whose LR schedule had not finished."""
+    final = s.args.budgets[-1]
+    if step >= t.max_steps and trained_s < 60 * final:
+        s.notes.append(f"{prof}: training reached max_steps={t.max_steps} after {trained_s / 60:.2f} min, before "
+                       f"the {final:g}-min budget; later budgets got no further training "
+                       f"(pass --max-steps to train longer)")
+    elif last is not None and step < t.max_steps:
+        s.notes.append(f"{prof}: at {final:g} min the run was at step {step} of {t.max_steps}, LR "
+                       f"{last['lr']:.3g} of peak {t.lr:g}: the {t.lr_scheduler} schedule had not finished")
+
+
+def own_sampler(s: Session, prof: str, run_dir: Path, cfg, scales) -> dict:
+    """The profile's own default sampler, steps and guidance at the final budget, when its estimated time fits."""
+    from lab6.sample import load_pipeline
+    final, own, psets = s.budget_rows[-1], cfg.sample, s.psets[prof]
+    native = {"sampler": setting_name(own.sampler, own.num_steps), "guidance": own.guidance_scale}
+    if s.args.native != "final":
+        return native
+    dpm = [r for r in final["rows"] if r["sampler"] == setting_name(EVAL_SAMPLER, EVAL_STEPS)]
+    per_eval = sum(r["sample_seconds"] for r in dpm) / max(sum(r["evals"] for r in dpm), 1)
+    evals = sum(len(v) for v in psets.values()) * len(s.args.seeds) * own.num_steps \
+        * (1 if own.guidance_scale == 1 else 2)
+    estimate = per_eval * evals / 60
+    native["estimated_minutes"] = round(estimate, 3)
+    if (own.sampler, own.num_steps) == (EVAL_SAMPLER, EVAL_STEPS) and own.guidance_scale in scales:
+        native["skipped"] = "already measured in the DPM++-20 sweep"
+    elif estimate > s.args.native_max_minutes:
+        native["skipped"] = f"estimated {estimate:.3g} min > --native-max-minutes {s.args.native_max_minutes:g}"
+    else:
+        pipe = load_pipeline(run_dir, s.args.device)
+        rows = sample_rows(pipe, s.ev, psets, own.sampler, own.num_steps, [own.guidance_scale], s.args.seeds,
+                           s.out / "grids", f"{file_stem(prof)}-{final['budget_min']:g}min")
+        s.native_rows += [r | {k: final[k] for k in BUDGET_KEYS} for r in rows]
+        native["seconds"] = round(sum(r["sample_seconds"] for r in rows), 1)
+    if "skipped" in native:
+        s.notes.append(f"{prof}: own default sampler {native['sampler']} (guidance {own.guidance_scale:g}) "
+                       f"not sampled: {native['skipped']}")
+    return native
+
+
+def budget_table(s: Session) -> tuple[list[str], list[list]]:
+    """The printed table: one row per profile and budget, DPM++-20 accuracy per split and scale."""
     eval_name = setting_name(EVAL_SAMPLER, EVAL_STEPS)
-    budget_rows: list[dict] = []  # one per profile and budget, with its sample rows
-    native_rows: list[dict] = []
-    notes: list[str] = []
-    profiles_info: dict[str, dict] = {}
-    t_bench = time.perf_counter()
-    for prof in args.profiles:
-        run_dir = runs / file_stem(prof)
-        psets = psets_all[prof]
-        cfg0 = train_config(prof, run_dir, args, args.budgets[-1], max_steps[prof])
-        t = cfg0.train
-        # Classifier-free guidance needs the unconditional model that condition dropout trains; a recipe
-        # without it (the seed report's) is sampled as it prescribes, without guidance.
-        pscales = args.scales if t.cond_drop_prob > 0 else [1.0]
-        evals = sum(len(v) for v in psets.values()) * len(args.seeds) * EVAL_STEPS \
-            * sum(1 if w == 1 else 2 for w in pscales)
-        print(f"{prof}: each evaluation samples {', '.join(f'{s} {len(v)}' for s, v in psets.items())} label sets "
-              f"= {evals} network evaluations of one image")
-        sched = (f"{prof}: LR {t.lr_scheduler} with {t.lr_warmup_steps} warmup steps to {t.lr:g} over max_steps="
-                 f"{t.max_steps}, set once for the whole run; every budget resumes the same run, so the schedule "
-                 f"equals one uninterrupted run of {args.budgets[-1]:g} min, and it depends on steps, not minutes")
-        notes.append(sched)
-        print(sched)
-        if t.cond_drop_prob == 0:
-            notes.append(f"{prof}: trained without condition dropout (cond_drop_prob 0), so it has no unconditional "
-                         f"model to guide with: sampled without guidance (scale 1) only, as its recipe prescribes")
-        trained_s, step, last, evaluated = 0.0, 0, None, None
-        batch = t.batch_size
-        seg_info: list[dict] = []
-        for budget in args.budgets:
-            remaining = 60 * budget - trained_s
-            seg = None
-            if step >= t.max_steps:
-                why = f"max_steps={t.max_steps} reached earlier"
-            elif remaining <= 0:
-                why = f"the previous segment overshot to {trained_s / 60:.2f} min (one step is that long)"
-            else:
-                why = None
-                seg = train_segment(prof, run_dir, args, remaining, max_steps[prof], resume=step > 0)
-                trained_s += seg["train_s"]
-                step = seg["last_step"] if seg["last_step"] is not None else step
-                last = seg
-                seg_info.append({k: v for k, v in seg.items() if k != "config"} | {"budget_min": budget})
-            if why:
-                print(f"{prof} @ {budget:g} min: no further training ({why})")
-            ips = seg["steps"] * batch / seg["train_s"] if seg and seg["train_s"] > 0 else None
-            load = C.load_average()["load_avg"][0]
-            print(f"{prof} @ {budget:g} min: step {step} after {trained_s / 60:.2f} training minutes"
-                  + (f", {ips:.1f} img/s" if ips else "") + (f", lr {last['lr']:.3g}, loss {last['loss']:.4f}"
-                                                             if last else "")
-                  + f"; load {load}", flush=True)
-            if seg is None and evaluated is not None:
-                rows = [dict(r, reused=True) for r in evaluated]
-            else:
-                pipe = load_pipeline(run_dir, args.device)
-                t0 = time.perf_counter()
-                rows = sample_rows(pipe, ev, psets, EVAL_SAMPLER, EVAL_STEPS, pscales, args.seeds,
-                                   out / "grids", f"{file_stem(prof)}-{budget:g}min")
-                print(f"  sampled and scored in {time.perf_counter() - t0:.0f} s", flush=True)
-                evaluated = rows
-            budget_rows.append({"profile": prof, "budget_min": budget, "train_min": trained_s / 60, "steps": step,
-                                "max_steps": t.max_steps, "lr": last["lr"] if last else None,
-                                "img_per_s": ips, "load_avg_1m": load, "rows": rows})
-        if step >= t.max_steps and trained_s < 60 * args.budgets[-1]:
-            notes.append(f"{prof}: training reached max_steps={t.max_steps} after {trained_s / 60:.2f} min, before "
-                         f"the {args.budgets[-1]:g}-min budget; later budgets got no further training "
-                         f"(pass --max-steps to train longer)")
-        elif last is not None and step < t.max_steps:
-            notes.append(f"{prof}: at {args.budgets[-1]:g} min the run was at step {step} of {t.max_steps}, LR "
-                         f"{last['lr']:.3g} of peak {t.lr:g}: the {t.lr_scheduler} schedule had not finished")
-        # The profile's own sampler at the final budget.
-        final = budget_rows[-1]
-        own = cfg0.sample
-        native = {"sampler": setting_name(own.sampler, own.num_steps), "guidance": own.guidance_scale}
-        if args.native == "final":
-            dpm = [r for r in final["rows"] if r["sampler"] == eval_name]
-            per_eval = sum(r["sample_seconds"] for r in dpm) / max(sum(r["evals"] for r in dpm), 1)
-            evals = sum(len(s) for s in psets.values()) * len(args.seeds) * own.num_steps \
-                * (1 if own.guidance_scale == 1 else 2)
-            estimate = per_eval * evals / 60
-            native["estimated_minutes"] = round(estimate, 3)
-            if (own.sampler, own.num_steps) == (EVAL_SAMPLER, EVAL_STEPS) and own.guidance_scale in pscales:
-                native["skipped"] = "already measured in the DPM++-20 sweep"
-            elif estimate > args.native_max_minutes:
-                native["skipped"] = (f"estimated {estimate:.3g} min > --native-max-minutes "
-                                     f"{args.native_max_minutes:g}")
-            else:
-                pipe = load_pipeline(run_dir, args.device)
-                rows = sample_rows(pipe, ev, psets, own.sampler, own.num_steps, [own.guidance_scale],
-                                   args.seeds, out / "grids", f"{file_stem(prof)}-{final['budget_min']:g}min")
-                for r in rows:
-                    native_rows.append(r | {k: final[k] for k in ("profile", "budget_min", "train_min", "steps",
-                                                                  "max_steps", "lr", "img_per_s", "load_avg_1m")})
-                native["seconds"] = round(sum(r["sample_seconds"] for r in rows), 1)
-            if "skipped" in native:
-                notes.append(f"{prof}: own default sampler {native['sampler']} (guidance {own.guidance_scale:g}) "
-                             f"not sampled: {native['skipped']}")
-        profiles_info[prof] = {"run_dir": str(run_dir), "config": cfg0.to_dict(), "segments": seg_info,
-                               "torch_threads": torch.get_num_threads(), "native": native,
-                               "train_minutes": round(trained_s / 60, 3), "final_step": step}
-        if args.delete_runs:
-            shutil.rmtree(run_dir, ignore_errors=True)
-
-    # ---------------------------------------------------------------- report
-    cols = [(s, float(w)) for s in splits for w in args.scales]
-    header = ["profile", "budget", "train min", "steps", "img/s", "lr", "sets"] + [f"{s}@{w:g}" for s, w in cols]
+    cols = [(split, float(w)) for split in s.splits for w in s.args.scales]
+    header = ["profile", "budget", "train min", "steps", "img/s", "lr", "sets"] + [f"{k}@{w:g}" for k, w in cols]
     table = []
-    for b in budget_rows:
-        accs = [mean_acc(b["rows"], s, w, eval_name) for s, w in cols]
+    for b in s.budget_rows:
+        accs = [mean_acc(b["rows"], split, w, eval_name) for split, w in cols]
         table.append([b["profile"], f"{b['budget_min']:g}", f"{b['train_min']:.2f}", b["steps"],
                       "" if b["img_per_s"] is None else f"{b['img_per_s']:.1f}",
                       "" if b["lr"] is None else f"{b['lr']:.3g}",
-                      min(len(v) for v in psets_all[b["profile"]].values()),
+                      min(len(v) for v in s.psets[b["profile"]].values()),
                       *["–" if a is None else f"{a:.3f}" for a in accs]])
-    report = [f"Accuracy with {eval_name}, mean over seeds {args.seeds}; sets = label sets sampled per split; "
+    return header, table
+
+
+def native_table(s: Session) -> list[list]:
+    """One row per profile: its own default sampler at the final budget, or why it was skipped."""
+    rows_out = []
+    for prof, pinfo in s.profiles_info.items():
+        nat = pinfo["native"]
+        rows = [r for r in s.native_rows if r["profile"] == prof]
+        if rows:
+            accs = [sum(r["accuracy"] for r in rows if r["split"] == split) / len(s.args.seeds) for split in s.splits]
+            extra = sum(r.get("unrequested", 0.0) for r in rows) / len(rows)
+            rows_out.append([prof, nat["sampler"], f"{nat['guidance']:g}", f"{rows[0]['train_min']:.2f}",
+                             rows[0]["steps"], *[f"{a:.3f}" for a in accs], f"{extra:.2f}", f"{nat['seconds']:.0f}"])
+        elif "skipped" in nat:
+            rows_out.append([prof, nat["sampler"], f"{nat['guidance']:g}", "", "", *["" for _ in s.splits], "",
+                             f"skipped: {nat['skipped']}"])
+    return rows_out
+
+
+def report_lines(s: Session, header: list[str], table: list[list], total_s: float) -> list[str]:
+    """report.txt: the budget table, the ceiling, the own-sampler table, the notes and the machine."""
+    eval_name = setting_name(EVAL_SAMPLER, EVAL_STEPS)
+    report = [f"Accuracy with {eval_name}, mean over seeds {s.args.seeds}; sets = label sets sampled per split; "
               f"img/s = training images per second in the segment; train min = minutes of training steps",
               C.format_table(header, table)]
-    if any(v is not None for v in ceiling.values()):
+    if any(v is not None for v in s.ceiling.values()):
         report.append("evaluator on the ground-truth renders of all sets (its ceiling): "
-                      + ", ".join(f"{s} {a:.3f}" for s, a in ceiling.items() if a is not None))
-    native_table = []
-    for prof, pinfo in profiles_info.items():
-        nat = pinfo["native"]
-        rows = [r for r in native_rows if r["profile"] == prof]
-        if rows:
-            accs = [sum(r["accuracy"] for r in rows if r["split"] == s) / len(args.seeds) for s in splits]
-            extra = sum(r.get("unrequested", 0.0) for r in rows) / len(rows)
-            native_table.append([prof, nat["sampler"], f"{nat['guidance']:g}", f"{rows[0]['train_min']:.2f}",
-                                 rows[0]["steps"], *[f"{a:.3f}" for a in accs], f"{extra:.2f}",
-                                 f"{nat['seconds']:.0f}"])
-        elif "skipped" in nat:
-            native_table.append([prof, nat["sampler"], f"{nat['guidance']:g}", "", "",
-                                 *["" for _ in splits], "", f"skipped: {nat['skipped']}"])
-    if native_table:
+                      + ", ".join(f"{k} {a:.3f}" for k, a in s.ceiling.items() if a is not None))
+    own = native_table(s)
+    if own:
         report += ["", "Each profile's own default sampler at the final budget (extra = share of images showing an "
                        "object, evaluator p > 0.5, that no label asked for; the top-k accuracy does not see it)",
-                   C.format_table(["profile", "sampler", "guidance", "train min", "steps", *splits, "extra",
-                                   "seconds"], native_table, "lllrr" + "r" * (len(splits) + 1) + "l")]
-    load_end = C.load_average()
-    report += ["", "notes:", *(f"- {n}" for n in notes), "",
-               C.machine_line(info, load_start),
-               f"load average at start {load_start['load_avg']}, at end {load_end['load_avg']}; "
-               f"total {(time.perf_counter() - t_bench) / 60:.1f} min"]
-    print("\n" + "\n".join(report))
+                   C.format_table(["profile", "sampler", "guidance", "train min", "steps", *s.splits, "extra",
+                                   "seconds"], own, "lllrr" + "r" * (len(s.splits) + 1) + "l")]
+    s.load_end = C.load_average()
+    return report + ["", "notes:", *(f"- {n}" for n in s.notes), "",
+                     C.machine_line(s.info, s.load_start),
+                     f"load average at start {s.load_start['load_avg']}, at end {s.load_end['load_avg']}; "
+                     f"total {total_s / 60:.1f} min"]
 
-    flat = []
-    for b in budget_rows:
-        for r in b["rows"]:
-            flat.append(r | {k: b[k] for k in ("profile", "budget_min", "train_min", "steps", "max_steps", "lr",
-                                               "img_per_s", "load_avg_1m")})
-    flat += native_rows
 
-    def csv_row(r: dict) -> list:
-        v = r | {"train_min": round(r["train_min"], 3), "accuracy": round(r["accuracy"], 4),
-                 "train_img_per_s": None if r["img_per_s"] is None else round(r["img_per_s"], 2),
-                 "reused": bool(r.get("reused", False))}
-        return [v.get(k) for k in CSV_HEADER]
+def csv_row(r: dict) -> list:
+    """One quality.csv row of a sample row joined with its budget's figures."""
+    v = r | {"train_min": round(r["train_min"], 3), "accuracy": round(r["accuracy"], 4),
+             "train_img_per_s": None if r["img_per_s"] is None else round(r["img_per_s"], 2),
+             "reused": bool(r.get("reused", False))}
+    return [v.get(k) for k in CSV_HEADER]
 
-    C.write_csv(out / "quality.csv", CSV_HEADER, [csv_row(r) for r in flat])
-    C.write_csv(out / "quality_table.csv", header, table)
-    plot(out / "quality.png", budget_rows, splits, args.scales, native_rows, args.budgets[-1], ceiling)
-    write_json(out / "quality.json", {
-        "benchmark": "bench_quality", "machine": info, "load_start": load_start, "load_end": load_end,
+
+def write_results(s: Session, header: list[str], table: list[list], report: list[str], total_s: float) -> None:
+    """quality.csv, quality_table.csv, quality.png, quality.json and report.txt in the results folder."""
+    from lab6.io import write_json, write_text
+    args = s.args
+    flat = [r | {k: b[k] for k in BUDGET_KEYS} for b in s.budget_rows for r in b["rows"]] + s.native_rows
+    C.write_csv(s.out / "quality.csv", CSV_HEADER, [csv_row(r) for r in flat])
+    C.write_csv(s.out / "quality_table.csv", header, table)
+    plot(s.out / "quality.png", s.budget_rows, s.splits, args.scales, s.native_rows, args.budgets[-1], s.ceiling)
+    write_json(s.out / "quality.json", {
+        "benchmark": "bench_quality", "machine": s.info, "load_start": s.load_start, "load_end": s.load_end,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "evaluator": C.evaluator_info(ev), "ground_truth_accuracy": ceiling,
-        "sets": {prof: {s: len(v) for s, v in psets_all[prof].items()} for prof in args.profiles},
-        "eval_sampler": eval_name, "profiles": profiles_info, "notes": notes,
-        "total_minutes": round((time.perf_counter() - t_bench) / 60, 2),
+        "evaluator": C.evaluator_info(s.ev), "ground_truth_accuracy": s.ceiling,
+        "sets": {prof: {k: len(v) for k, v in s.psets[prof].items()} for prof in args.profiles},
+        "eval_sampler": setting_name(EVAL_SAMPLER, EVAL_STEPS), "profiles": s.profiles_info, "notes": s.notes,
+        "total_minutes": round(total_s / 60, 2),
         "rows": [{k: (round(v, 4) if isinstance(v, float) and not math.isnan(v) else v) for k, v in r.items()}
                  for r in flat]})
-    write_text(out / "report.txt", "\n".join(report) + "\n")
-    print(f"wrote {out}/: quality.csv, quality_table.csv, quality.png, quality.json, report.txt, grids/")
-    return 0
+    write_text(s.out / "report.txt", "\n".join(report) + "\n")
+    print(f"wrote {s.out}/: quality.csv, quality_table.csv, quality.png, quality.json, report.txt, grids/")
 
 
 if __name__ == "__main__":

@@ -270,18 +270,18 @@ def test_gpu_session_script_runs_its_jobs_on_the_cpu(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), "--data", str(ds), "--out", str(out),
                         "--device", "cpu", "--profile", "tiny", "--jobs", "evsweep,sweep,curve",
-                        "--ev-variants", "w16-20ep", "--variants", "quick", "--curve-variants", "quick",
-                        "--cpu-img-per-s", "74",
+                        "--ev-variants", "w16-20ep", "--variants", "tiny", "--curve-variants", "tiny",
+                        "--cpu-img-per-s", "74", "--ev-cpu-img-per-s", "16=900",
                         "--ev-scenes-scale", "0.001", "--ev-cpu-minutes", "0.01", "--cpu-minutes", "0.05",
                         "--curve-minutes", "0.1", "--curve-every", "0.05", "--sweep-seeds", "0", "--deadline", "300"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
-    assert res["exit_codes"] == {"evsweep:w16-20ep": 0, "sweep:quick": 0, "curve:quick": 0}
-    quick = res["sweep:quick"]
-    assert quick["train"]["steps"] == round(0.05 * 60 * 74 / 8)  # what the CPU does in 0.05 min at 74 img/s
-    assert set(quick["eval"]["accuracy"]) == {"test", "new_test"}
-    assert [v["step"] for v in res["curve:quick"]["train"]["validation"]][:2] == [28, 56]
+    assert res["exit_codes"] == {"evsweep:w16-20ep": 0, "sweep:tiny": 0, "curve:tiny": 0}
+    sweep = res["sweep:tiny"]
+    assert sweep["train"]["steps"] == round(0.05 * 60 * 74 / 8)  # what the CPU does in 0.05 min at 74 img/s
+    assert set(sweep["eval"]["accuracy"]) == {"test", "new_test"}
+    assert [v["step"] for v in res["curve:tiny"]["train"]["validation"]][:2] == [28, 56]
     assert res["evsweep:w16-20ep"]["config"]["width"] == 16 and res["evsweep:w16-20ep"]["info"]["steps"] >= 1
     summary = (out / "summary.txt").read_text()
     assert all(job in summary for job in res["exit_codes"])
@@ -316,23 +316,25 @@ def test_gpu_session_script_trains_full_quick_and_evaluator_on_the_cpu(tmp_path)
     assert "full (tiny)" in summary and "quick (tiny)" in summary and "evaluator (full width)" in summary
 
 
-def test_gpu_sweep_variants_are_valid_quick_configs():
-    """Every VARIANTS row of bench_gpu builds a valid quick config; the old recipe is spelled out so the
-    recorded sweep stays reproducible now that its winner is the profile."""
+def test_gpu_step_budgets_take_the_cpu_speeds_as_options():
+    """bench_gpu's sweep and curve recipes are profiles with settings; each one's CPU speed is given (one figure
+    or one per recipe), and a job without its speed is refused before anything starts."""
+    from argparse import Namespace
     sys.path.insert(0, str(BENCH))
     import bench_gpu
 
-    from lab6.config import load_config
-    configs = {name: load_config("quick", **{k: dict(v) for k, v in over.items()})
-               for name, over, _ in bench_gpu.VARIANTS}
-    old, new = configs["old-quick"], configs["quick"]
-    assert old.model.block_out_channels == (32, 64, 128) and old.train.min_snr_gamma is None
-    assert old.model.resnet_time_scale_shift == "default"
-    assert new.model.block_out_channels == (64, 64, 64) and new.model.patch_size == 2 and new.train.min_snr_gamma == 5.0
-    assert configs["quick-unpatched"].model.patch_size == 1 and old.model.patch_size == 1
-    assert configs["quick-unpatched"].model.block_out_channels == (32, 64, 64)
-    assert new.train.lr_scheduler == "constant_with_warmup"
-    assert {configs[n].train.lr_scheduler for n in ("old-quick", "quick-unpatched", "quick-uniform-t")} == {"cosine"}
-    assert new.train.timestep_sampling == "importance" and old.train.timestep_sampling == "uniform"
-    assert configs["quick-uniform-t"].train.timestep_sampling == "uniform"
-    assert all(0 < ratio < 2 for _, _, ratio in bench_gpu.VARIANTS)
+    jobs = ["sweep:quick", "sweep:quick+lr=0.001", "curve:quick", "evaluator"]
+    args = Namespace(cpu_img_per_s="80", ev_cpu_img_per_s="16=900,32=450", ev_variants="w16-20ep,w32-40ep")
+    assert bench_gpu.cpu_rates(args, jobs) == {"quick": 80.0, "quick+lr=0.001": 80.0}
+    args.cpu_img_per_s = "quick=80,quick+lr=0.001=75.5"
+    assert bench_gpu.cpu_rates(args, jobs) == {"quick": 80.0, "quick+lr=0.001": 75.5}
+    assert bench_gpu.ev_cpu_rates(args) == {16: 900.0, 32: 450.0}
+    args.cpu_img_per_s = "quick=80"
+    with pytest.raises(SystemExit, match="no CPU training speed for quick\\+lr=0.001"):
+        bench_gpu.cpu_rates(args, jobs)
+    args.ev_cpu_img_per_s = "16=900"
+    with pytest.raises(SystemExit, match=r"width\(s\) \[32\]"):
+        bench_gpu.ev_cpu_rates(args)
+    assert bench_gpu.job_folder(Path("o"), "sweep:quick+lr=0.001") == Path("o/sweep-quick+lr=0.001")
+    r = run("bench_gpu.py", "--out", "/nonexistent/never-made", "--device", "cpu", "--jobs", "sweep")
+    assert r.returncode != 0 and "--cpu-img-per-s: no CPU training speed for quick" in r.stderr
