@@ -10,12 +10,14 @@ A run folder (train.output_dir) holds, besides config.yaml and metrics.jsonl:
         optimizer.pt                     AdamW's state_dict
         lr_scheduler.pt                  the LR scheduler's state_dict
         random_states_{rank}.pt          per process: the noise generator and torch / numpy / python / cuda RNG states
+                                         (tensors, numbers and lists only: every .pt is read with weights_only=True)
         state.json                       {"step", "ema" (EMA scalars), "num_processes", "config" (Config.to_dict),
                                           "files" ({path: bytes} of every file above)}; written last
     pipeline/                            the export: ConditionalDDPMPipeline.save_pretrained with the EMA weights and
                                          the profile's default sampler, its code (lab6_pipeline.py, unet/lab6_model.py:
-                                         plain diffusers loads it), lab6_config.yaml, lab6_step.json and README.md, the
-                                         model card
+                                         plain diffusers loads it), lab6_config.yaml, lab6_step.json, stages.json
+                                         (lab6.records: the stages of its init_from model, then this run's) and
+                                         README.md, the model card
 
 A checkpoint is written into .checkpoint-{step}.tmp/ and renamed into place, so a kill leaves either the old
 folder or the new one; a checkpoint whose files are missing or shorter than state.json lists is incomplete and
@@ -24,8 +26,10 @@ skipped by resume="latest". `repair_partial_saves` cleans up after a save that w
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -43,6 +47,7 @@ from .errors import CheckpointError, ConfigError, first_line
 from .io import atomic_dir, replace_dir, write_json, write_text
 from .model import ConditionalUNet
 from .pipeline import ConditionalDDPMPipeline
+from .records import STAGES_FILE, read_stages, run_speed, training_stage
 from .schedules import make_scheduler
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -64,6 +69,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     lr_scheduler: object
     generator: torch.Generator
+    recipe: str | None = None  # the --config file the run was started with, for stages.json
 
 
 # ---------------------------------------------------------------- finding checkpoints
@@ -181,8 +187,14 @@ def resolve_resume(resume: str | None, out: Path, warn: bool = True) -> Path | N
 
 
 # ---------------------------------------------------------------- saving
+def _numpy_state() -> tuple:
+    """numpy's global RNG state as plain numbers and a list (np.random.set_state takes it back as is)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return name, keys.tolist(), int(pos), int(has_gauss), float(gauss)
+
+
 def _rng_state(generator: torch.Generator) -> dict:
-    state = {"generator": generator.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    state = {"generator": generator.get_state(), "torch": torch.get_rng_state(), "numpy": _numpy_state(),
              "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -257,12 +269,25 @@ def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{f}: truncated or not a safetensors file ({first_line(e)})") from None
 
 
+def _numpy_arrays() -> list:
+    """What the safe unpickler needs to rebuild the uint32 array in the RNG state of an older checkpoint."""
+    core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    return [core._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
+
+
 def _torch_load(f: Path, **kwargs):
-    """torch.load whose failures name the file."""
+    """torch.load with weights_only=True (tensors, numbers, lists; never code) whose failures name the file."""
     try:
-        return torch.load(f, **kwargs)
+        with torch.serialization.safe_globals(_numpy_arrays()):
+            return torch.load(f, weights_only=True, **kwargs)
     except FileNotFoundError:
         raise CheckpointError(f"{f}: missing (incomplete checkpoint?)") from None
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise CheckpointError(f"{f}: truncated or not a PyTorch file ({first_line(e)})") from None
+        raise CheckpointError(f"{f}: holds pickled Python objects, which lab6 does not load (they could run code); "
+                              f"resume from a checkpoint lab6 wrote, or start a new run from its weights with "
+                              f"--init-from {f.parent / 'ema'}") from None
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, ...
         raise CheckpointError(f"{f}: truncated or not a PyTorch file ({first_line(e)})") from None
 
@@ -312,8 +337,8 @@ def load_checkpoint(run: TrainState, ckpt: Path) -> int:
     run.ema.load_state_dict({**state["ema"], "shadow_params": shadow})
     t = run.cfg.train
     run.ema.decay, run.ema.use_ema_warmup = t.ema_decay, t.ema_warmup  # the config's, not the checkpoint's
-    optimizer = _torch_load(ckpt / "optimizer.pt", map_location=dev, weights_only=True)
-    lr_scheduler = _torch_load(ckpt / "lr_scheduler.pt", weights_only=False)
+    optimizer = _torch_load(ckpt / "optimizer.pt", map_location=dev)
+    lr_scheduler = _torch_load(ckpt / "lr_scheduler.pt")
     try:
         run.optimizer.load_state_dict(optimizer)
         run.lr_scheduler.load_state_dict(lr_scheduler)
@@ -325,7 +350,7 @@ def load_checkpoint(run: TrainState, ckpt: Path) -> int:
         print(f"resuming {ckpt.name} with changed settings: {', '.join(changed)}", flush=True)
     rng = ckpt / f"random_states_{acc.process_index}.pt"
     if rng.is_file():
-        _set_rng_state(_torch_load(rng, weights_only=False), run.generator)
+        _set_rng_state(_torch_load(rng), run.generator)
     else:
         print(f"warning: {rng} missing (different number of processes?); this process's noise is reseeded",
               file=sys.stderr)
@@ -396,15 +421,41 @@ def build_pipeline(model: ConditionalUNet, cfg: Config):
                                    default_guidance_scale=s.guidance_scale, default_eta=s.eta)
 
 
+def _device_name(run: TrainState) -> str:
+    """The machine that trained: '1 x <GPU name>' or 'CPU, <threads> threads'."""
+    dev, n = run.accelerator.device, run.accelerator.num_processes
+    if dev.type == "cuda":
+        return f"{n} x {torch.cuda.get_device_name(dev)}"
+    threads = torch.get_num_threads()
+    return f"CPU, {threads} thread{'s' if threads > 1 else ''}" + (f" x {n} processes" if n > 1 else "")
+
+
+def run_stages(run: TrainState, step: int) -> list[dict]:
+    """stages.json of the export: the stages of the model it started from, then this run's."""
+    try:
+        earlier = read_stages(run.cfg.train.init_from)
+    except CheckpointError as e:
+        print(f"warning: {e}; its earlier stages are left out of {STAGES_FILE}", file=sys.stderr)
+        earlier = []
+    acc = run.accelerator
+    minutes, img_per_s = run_speed(run.out / "metrics.jsonl")
+    precision = acc.mixed_precision if acc.mixed_precision != "no" else "fp32"  # bf16 runs on CUDA only
+    return [*earlier, training_stage(run.cfg, step, acc.num_processes, precision, _device_name(run), minutes,
+                                     img_per_s, run.recipe, datetime.date.today().isoformat())]
+
+
 def export_pipeline(run: TrainState, folder: Path, step: int) -> Path:
-    """save_pretrained of the pipeline with the EMA weights (main process), atomically; records its step."""
+    """save_pretrained of the pipeline with the EMA weights (main process), atomically; records its step and
+    its training stages."""
     model = run.accelerator.unwrap_model(run.model)
     if run.accelerator.is_main_process:
         with ema_weights(model, run.ema), atomic_dir(folder) as tmp:
             build_pipeline(model, run.cfg).save_pretrained(tmp)  # with its code: plain diffusers loads it
             write_text(tmp / "lab6_config.yaml", to_yaml(run.cfg))
             write_json(tmp / EXPORT_STEP_FILE, {"step": step})
+            stages = run_stages(run, step)
+            write_json(tmp / STAGES_FILE, stages)
             scores, judges = run_scores(run.cfg, run.out / "metrics.jsonl") or (None, None)
-            write_text(tmp / CARD_FILE, model_card(run.cfg, step, scores, judges))
+            write_text(tmp / CARD_FILE, model_card(run.cfg, step, scores, judges, stages=stages))
     run.accelerator.wait_for_everyone()
     return folder

@@ -27,6 +27,14 @@ from .config import (
 )
 from .errors import ConfigError, Lab6Error
 
+TRUST_HELP = ("load evaluator checkpoints that pickle Python objects besides tensors (runs their code: only for "
+              "files you trust; also LAB6_TRUST_CHECKPOINTS=1)")
+
+
+def _add_trust(p) -> None:
+    """--trust-checkpoint on a command that loads an evaluator."""
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+
 
 # ---------------------------------------------------------------- synth
 def _add_synth(sub) -> None:
@@ -77,6 +85,7 @@ def _add_train_evaluator(sub) -> None:
     p.add_argument("--init", default=None, help="start from this evaluator checkpoint (fine-tuning)")
     p.add_argument("--force", action="store_true",
                    help="retrain even if a complete checkpoint for the same config and data exists")
+    _add_trust(p)
     p.set_defaults(func=_cmd_train_evaluator)
 
 
@@ -155,6 +164,7 @@ def _add_train(sub) -> None:
     p.add_argument("--init-from", default=None, metavar="MODEL",
                    help="start from the weights of a model folder with the same architecture (fine-tuning)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is still written)")
+    _add_trust(p)
     p.set_defaults(func=_cmd_train)
 
 
@@ -169,7 +179,7 @@ def config_from_args(args) -> Config:
 def _cmd_train(args) -> int:
     """`lab6 train`: train with a profile and write the run folder; 0 on success."""
     from .train import train
-    train(config_from_args(args), resume=args.resume, progress=not args.no_progress)
+    train(config_from_args(args), resume=args.resume, progress=not args.no_progress, recipe=args.config)
     return 0
 
 
@@ -190,6 +200,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="label sets sampled at once (default 64)")
     p.add_argument("--name", default=None, help="name of the outputs (default: the label file's name, e.g. test)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_trust(p)
     p.set_defaults(func=_cmd_sample)
 
 
@@ -244,6 +255,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--labels", required=True, help="label file: a JSON list of label sets")
     p.add_argument("--evaluator", default=None, help="evaluator checkpoint (default: found automatically)")
     p.add_argument("--device", default=None, help="cpu or cuda")
+    _add_trust(p)
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -281,8 +293,11 @@ def _add_run(sub) -> None:
                        description="Render the synthetic data if missing, find the evaluator (the shipped one "
                                    "for default synthetic data), execute the notebooks with papermill and write "
                                    "report.html (and report.pdf when Chromium is installed).")
-    p.add_argument("--profile", choices=PROFILES, default=DEFAULT_PROFILE,
-                   help=f"settings profile (default {DEFAULT_PROFILE})")
+    p.add_argument("--profile", choices=PROFILES, default=None,
+                   help=f"settings profile (default {DEFAULT_PROFILE}; with --model, the model's)")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="grade this `lab6 train` export (e.g. a student's): notebooks 04-05 draw every figure from "
+                        "it and notebook 03 (training) is skipped")
     p.add_argument("--data-root", default=None, help="dataset root (default: data/iclevr if present, else data/synth)")
     p.add_argument("--out", default=None, help="run folder (default outputs/<profile>)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
@@ -298,14 +313,17 @@ def _add_run(sub) -> None:
                    help="guidance scale of notebooks 04-05, 1 = none (default: the model's)")
     p.add_argument("--no-ddpm-1000", action="store_true",
                    help="leave DDPM-1000 out of notebook 04's sampler comparison (quick: ~2 min on a 2-core CPU)")
+    _add_trust(p)
     p.set_defaults(func=_cmd_run)
 
 
 def _cmd_run(args) -> int:
     from .run import RunConfig, run_pipeline
-    run_pipeline(RunConfig(profile=args.profile, data_root=args.data_root, run_dir=args.out, device=args.device,
-                           force=args.force, max_steps=args.max_steps, max_minutes=args.max_minutes,
-                           sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+    if args.model is not None and args.profile is not None:
+        raise ConfigError("--profile: leave it out with --model; the model's lab6_config.yaml names its profile")
+    run_pipeline(RunConfig(profile=args.profile or DEFAULT_PROFILE, model=args.model, data_root=args.data_root,
+                           run_dir=args.out, device=args.device, force=args.force, max_steps=args.max_steps,
+                           max_minutes=args.max_minutes, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                            ddpm_1000=not args.no_ddpm_1000))
     return 0
 
@@ -333,6 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_finite_options(args)
+        if getattr(args, "trust_checkpoint", False):
+            from .evaluator import trust_checkpoints
+            trust_checkpoints()  # the environment variable: papermill's kernels inherit it
         return int(args.func(args) or 0)
     except Lab6Error as e:
         if args.debug:

@@ -29,6 +29,8 @@ SYNTH_CHECKPOINT = DATA_DIR / "synth" / "evaluator.pth"
 SHIPPED_EVALUATOR = Path(__file__).resolve().parents[1] / "pretrained" / "evaluator" / "checkpoint.pth"
 HOW_TO_GET = ("put the course's checkpoint.pth in data/iclevr/, or train one on the synthetic data with "
               "`lab6 train-evaluator --data data/synth`")
+TRUST_ENV = "LAB6_TRUST_CHECKPOINTS"  # =1: unpickle Python objects in checkpoints (what --trust-checkpoint sets)
+TRUST_OPTION = "--trust-checkpoint"
 
 # Kinds of miss in `Evaluator.breakdown`: what the evaluator saw instead of a wanted object.
 WRONG_SHAPE = "wrong shape"    # an object of the right colour but another shape
@@ -157,8 +159,20 @@ def find_evaluator(path: str | os.PathLike | None = None, data_root: str | os.Pa
                           f"`lab6 train-evaluator --data {root}`")
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """torch.load an evaluator checkpoint and check it is `{'model': course ResNet-18 state_dict, ...}`."""
+def trusts_checkpoints() -> bool:
+    """True when the user opted into the full unpickler: $LAB6_TRUST_CHECKPOINTS=1 (--trust-checkpoint sets it)."""
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def trust_checkpoints() -> None:
+    """Opt in for this process and the notebooks it starts (what --trust-checkpoint does)."""
+    os.environ[TRUST_ENV] = "1"
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    trust: bool | None = None) -> dict:
+    """torch.load an evaluator checkpoint and check it is `{'model': course ResNet-18 state_dict, ...}`; a file
+    that pickles Python objects is refused unless trusted (`trust`, else $LAB6_TRUST_CHECKPOINTS)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: evaluator checkpoint not found; {HOW_TO_GET}")
@@ -167,9 +181,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except pickle.UnpicklingError as e:
         if "Weights only load failed" not in str(e):
             raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first_line(e)})") from None
-        # Older course files may pickle Python objects besides the tensors; they need the full unpickler.
-        warnings.warn(f"{path}: holds Python objects besides tensors; loading it with weights_only=False "
-                      f"(only do this with files you trust)", stacklevel=2)
+        if not (trusts_checkpoints() if trust is None else trust):  # unpickling them could run any code
+            raise CheckpointError(f"{path}: holds pickled Python objects besides tensors, which could run code when "
+                                  f"loaded; if you trust the file, pass {TRUST_OPTION} or set {TRUST_ENV}=1") from None
+        warnings.warn(f"{path}: loading its pickled Python objects with weights_only=False ({TRUST_ENV}=1)",
+                      stacklevel=2)
         try:
             ckpt = torch.load(path, map_location=map_location, weights_only=False)
         except Exception as e2:
