@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .config import Config
 from .pipeline import PIPELINE_FILE, UNET_FILE
+from .records import STAGES_FILE, describe_stage, read_stages
 
 CARD_FILE = "README.md"
 VALIDATION_JUDGE = ("the course-format evaluator (`train.evaluator`, else the one beside the data, else "
@@ -49,9 +50,17 @@ def _scores_table(scores: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
+def _stages_lines(stages: list[dict]) -> list[str]:
+    return ["", f"Every stage that made these weights (`{STAGES_FILE}`), oldest first:", "",
+            *[f"{i}. {describe_stage(st)}" for i, st in enumerate(stages, 1)]]
+
+
 def model_card(cfg: Config, step: int | None = None, scores: dict[str, dict[str, float]] | None = None,
-               judges: str | None = None, notes: str | None = None) -> str:
-    """The README.md of an export; scores: {metric: {split: value}}, judges: who read them."""
+               judges: str | None = None, notes: str | None = None, stages: list[dict] | None = None,
+               folder: str | os.PathLike | None = None) -> str:
+    """The README.md of an export; scores: {metric: {split: value}}, judges: who read them; stages: its training
+    stages (else those of `folder`'s stages.json, if it has one)."""
+    stages = stages if stages is not None else read_stages(folder)
     m, t, s = cfg.model, cfg.train, cfg.sample
     steps = f"{step} steps" if step is not None else f"up to {t.max_steps} steps"
     extras = [f"object tokens ({m.object_tokens} wide)" if m.object_tokens else "",
@@ -78,6 +87,8 @@ def model_card(cfg: Config, step: int | None = None, scores: dict[str, dict[str,
         "",
         f"Default sampler: {s.sampler}, {s.num_steps} steps, guidance scale {s.guidance_scale:g} (model_index.json).",
     ]
+    if stages:
+        lines += _stages_lines(stages)
     if notes:
         lines += ["", notes]
     lines += ["", "## Scores", ""]

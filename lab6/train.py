@@ -462,10 +462,11 @@ def run_steps(run: TrainState, data: TrainingSet, validator: Validator | None, w
 
 
 def train(cfg: Config, resume: str | None = None, progress: bool = True,
-          callback: Callable[[dict], None] | None = None) -> Path:
+          callback: Callable[[dict], None] | None = None, recipe: str | None = None) -> Path:
     """Train with `cfg` (optionally resuming 'latest' or a checkpoint path); returns the run folder.
 
-    `callback(record)` gets every metrics.jsonl record (e.g. lab6.plots.LivePlot in a notebook).
+    `callback(record)` gets every metrics.jsonl record (e.g. lab6.plots.LivePlot in a notebook); `recipe` (the
+    --config file) is recorded in the export's stages.json.
     """
     t = cfg.train
     # Check every input before the output folder is created, so a bad one leaves nothing behind
@@ -478,6 +479,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
 
     # Initialize the model, EMA, optimizer and LR schedule; resume them from the checkpoint
     run = build_state(cfg, accelerator, t.init_from if ckpt is None else None)
+    run.recipe = recipe
     step = start_step = start_run_folder(run, ckpt, resume)
     if main:
         mp = accelerator.mixed_precision
