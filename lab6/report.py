@@ -24,14 +24,18 @@ from matplotlib.mathtext import math_to_image
 from .config import Config, config_from_dict, read_yaml
 from .data import PROJECT_ROOT, CourseData, is_synthetic
 from .errors import CheckpointError, ConfigError
-from .evaluator import MISS_KINDS, find_evaluator
+from .evaluator import MISS_KINDS, SHIPPED_EVALUATOR, find_evaluator
 from .fidelity import RENDER_REFERENCE_NOTE
 from .io import atomic_path
 from .model import build_model, count_parameters
 from .plots import read_metrics
+from .records import SCORES_FILE, describe_stage, read_scores, read_stages, scores_provenance
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 GRID_SPLITS = ("test", "new_test")  # the lab's two graded 8x4 grids
+CHECKER = "pretrained/checker/checker.pth"
+NOT_THE_COURSE = ("These figures are NOT the course's accuracy: the images are this project's renders, not the "
+                  "course's files, so they cannot be held against the course's thresholds.")
 
 
 # ---------------------------------------------------------------- small HTML pieces
@@ -148,7 +152,7 @@ def print_pdf(html_path: Path, pdf_path: Path, chromium: str, timeout: float = 1
 
 
 # ---------------------------------------------------------------- sections
-def implementation(cfg: Config, n_params: int | None) -> str:
+def implementation(cfg: Config, n_params: int | None, stages: list[dict] | None = None) -> str:
     m, s, t, p = cfg.model, cfg.schedule, cfg.train, cfg.sample
     patch = m.patch_size or 1
     grid = m.sample_size // patch
@@ -190,9 +194,11 @@ def implementation(cfg: Config, n_params: int | None) -> str:
              + (f"min-SNR-{t.min_snr_gamma:g} weights" if t.min_snr_gamma else "every timestep weighed alike")
              + "; " + (f"object pixels weighed {1 + t.foreground_weight:g}× the background"
                        if t.foreground_weight else "every pixel weighed alike") + ".</li>",
-             f"<li>AdamW, peak LR {t.lr:g} ({esc(t.lr_scheduler)}, {t.lr_warmup_steps} warm-up steps), batch "
-             f"{t.batch_size}, gradient clip {t.grad_clip:g}, EMA of the weights ({t.ema_decay:g}) used for "
-             f"sampling, {esc(t.mixed_precision)} mixed precision.</li></ul>",
+             f"<li>AdamW, gradient clip {t.grad_clip:g}, EMA of the weights ({t.ema_decay:g}) used for sampling; "
+             + (f"trained in {len(stages)} stages, each with its own batch, LR and precision (section 3)"
+                if stages and len(stages) > 1 else
+                f"peak LR {t.lr:g} ({esc(t.lr_scheduler)}, {t.lr_warmup_steps} warm-up steps), batch {t.batch_size}, "
+                f"{esc(precision_as_run(t.mixed_precision, stages))}") + ".</li></ul>",
              "<h3>Sampling</h3>",
              f"<p>Default sampler <code>{esc(p.sampler)}</code> with {p.num_steps} steps and guidance scale "
              f"w = {p.guidance_scale:g}; every step combines the conditional and unconditional predictions:</p>",
@@ -209,13 +215,110 @@ def implementation(cfg: Config, n_params: int | None) -> str:
     return "\n".join(parts)
 
 
-def hyperparameters(cfg: Config) -> str:
-    """One small table per config section, side by side."""
-    skip = ("output_dir", "data_root", "device", "evaluator", "init_from", "num_threads")
-    tables = [table({k: {"value": v} for k, v in vars(getattr(cfg, section)).items() if k not in skip}, section)
+def precision_as_run(mixed_precision: str, stages: list[dict] | None) -> str:
+    """The precision the last stage ran in (stages.json), else what the config gives: bf16 runs on CUDA only."""
+    if stages:
+        return f"{stages[-1].get('precision', '?')} (as run)"
+    return f"{mixed_precision} on CUDA, fp32 on a CPU" if mixed_precision != "no" else "fp32"
+
+
+STAGE_COLUMNS = ("date", "device", "minutes", "steps", "images", "batch_size", "lr", "lr_scheduler",
+                 "timestep_sampling", "min_snr_gamma", "foreground_weight", "precision", "img_per_s", "init_from")
+
+
+def stages_table(stages: list[dict]) -> str:
+    """Every training stage of a model (its stages.json), one row each, oldest first."""
+    def cell(v):
+        return f"{v:g}" if isinstance(v, float) else v
+    return table({f"stage {i}": {c: cell(st.get(c)) for c in STAGE_COLUMNS} for i, st in enumerate(stages, 1)},
+                 "stage")
+
+
+def hyperparameters(cfg: Config, stages: list[dict] | None = None) -> str:
+    """The training stages (stages.json), then one small table per config section, side by side."""
+    skip = ("output_dir", "data_root", "device", "evaluator", "init_from", "num_threads", "mixed_precision")
+    tables = [table({k: {"value": v} for k, v in vars(getattr(cfg, section)).items() if k not in skip}
+                    | ({"precision": {"value": precision_as_run(cfg.train.mixed_precision, stages)}}
+                       if section == "train" else {}), section)
               for section in ("model", "schedule", "train", "sample")]
-    return ("<h2>3. Hyperparameters</h2><p>The model's saved configuration (<code>lab6_config.yaml</code>); "
-            "paths and the device are left out.</p><div class='cols'>" + "".join(tables) + "</div>")
+    head = "<h2>3. Hyperparameters</h2>"
+    if stages:
+        head += ("<p>How the graded model was trained, every stage (its <code>stages.json</code>; precision as it "
+                 "ran):</p>" + stages_table(stages)
+                 + ("<p class='note'>The configuration below is the last stage's.</p>" if len(stages) > 1 else ""))
+    return (head + "<p>The model's saved configuration (<code>lab6_config.yaml</code>); paths and the device are "
+            "left out.</p><div class='cols'>" + "".join(tables) + "</div>")
+
+
+def judge_phrase(evaluator: Path | None) -> str:
+    """Which judge read the top-k figures: the course's checkpoint.pth, the shipped evaluator, or one lab6 trained."""
+    if evaluator is None:
+        return "no evaluator (no accuracy)"
+    where = f"<code>{esc(shown_path(evaluator))}</code>"
+    if evaluator.resolve() == SHIPPED_EVALUATOR.resolve():
+        return f"lab6's shipped evaluator {where} (the course's ResNet-18 format, trained on this project's renders)"
+    if evaluator.name == "checkpoint.pth":
+        return f"the course's evaluator {where}"
+    return f"an evaluator lab6 trained for these renders ({where})"
+
+
+def model_phrase(origin: str, model_dir: Path) -> str:
+    """The model behind the graded figures: shipped, given (`lab6 run --model`) or trained live, and its folder."""
+    kind = ("the shipped model" if "shipped" in origin else "the given model" if origin.startswith("given")
+            else "the model trained live in this run")
+    return f"{kind} <code>{esc(shown_path(model_dir))}</code>"
+
+
+def live_steps(run: Path, m3: dict, live_cfg: Config | None) -> str | None:
+    """'<done> of <planned> steps' of this run's training (notebook 03), None when it trained nothing."""
+    recs = read_metrics(run / "train" / "metrics.jsonl") if (run / "train" / "metrics.jsonl").exists() else []
+    done = m3.get("steps") or max((r.get("step", 0) for r in recs), default=None)
+    if done is None or live_cfg is None:
+        return None
+    t = live_cfg.train
+    budget = f" or {fmt(t.max_minutes)} minutes, whichever came first" if t.max_minutes else ""
+    return f"{done} of {t.max_steps} planned steps{budget}"
+
+
+def provenance(data: CourseData, evaluator: Path | None, origin: str, model_dir: Path, stages: list[dict],
+               live: str | None, given: bool) -> str:
+    """The box at the top: which data, which judges, which model made which figure and how it was trained."""
+    synthetic = is_synthetic(data.root)
+    root = f"<code>{esc(shown_path(data.root))}</code>"
+    trained = ("<ol>" + "".join(f"<li>{esc(describe_stage(st))}</li>" for st in stages) + "</ol>" if stages else
+               "no <code>stages.json</code> beside it: only its saved configuration (section 3) tells.")
+    items = ["<b>Data:</b> " + (f"this project's renders in {root}, not the course's files." if synthetic else
+                                  f"the course's files in {root}."),
+             f"<b>Judges:</b> top-k accuracy by {judge_phrase(evaluator)}; exact scenes by lab6's count checker "
+             f"<code>{CHECKER}</code>, trained on this project's renders.",
+             "<b>Models:</b> the training curve: " + ("none, notebook 03 (training) was not run" if given else
+                                                      "the live run of notebook 03 (<code>train/</code>)"
+                                                      + (", beside the shipped model's last stage"
+                                                         if "shipped" in origin else ""))
+             + f"; the graded grids, accuracy tables, samplers and ablations: {model_phrase(origin, model_dir)}.",
+             f"<b>How {model_phrase(origin, model_dir)} was trained</b>, every stage: {trained}"]
+    if live:
+        items.append(f"<b>This run's training:</b> {esc(live)}.")
+    warn = f"<p class='warn'>{esc(NOT_THE_COURSE)}</p>" if synthetic else ""
+    return ("<div class='provenance'><h2>Provenance</h2>" + warn + "<ul>"
+            + "".join(f"<li>{i}</li>" for i in items) + "</ul></div>")
+
+
+def reference_figures(model_dir: Path) -> list[str]:
+    """The figures measured once for the graded model and shipped with it (its scores.json), labelled as such."""
+    try:
+        scores = read_scores(model_dir / SCORES_FILE) if (model_dir / SCORES_FILE).is_file() else None
+    except CheckpointError:
+        scores = None
+    if scores is None:
+        return []
+    def cell(v):
+        return " / ".join(f"{x:.3f}" for x in v) if isinstance(v, list) else f"{v:.3f}" if v is not None else "—"
+    rows = {r["label"]: {s: cell(r["values"].get(s)) for s in scores["splits"]} for r in scores["figures"].values()}
+    return ["<h3>Reference figures of the model (not this run's)</h3>",
+            f"<p class='note'>Measured once and shipped in <code>{esc(shown_path(model_dir / SCORES_FILE))}</code>: "
+            f"{esc(scores_provenance(scores))}. The tables below are this run's own, over its own seeds.</p>",
+            table(rows, "figure")]
 
 
 def training_curve(curves: dict[str, list[dict]]) -> bytes | None:
@@ -288,6 +391,8 @@ img.px{image-rendering:pixelated;margin:1px}.grid{display:inline-block;vertical-
 .grid .cells{width:540px}.legend{font-size:.62rem;width:540px;color:#444}figcaption{font-weight:600}
 .note{color:#555;font-size:.9rem}figure{margin:1rem 0}
 .cols{display:flex;flex-wrap:wrap;gap:0 1.2rem;align-items:flex-start}code{background:#f4f4f4;padding:0 .2rem}
+.provenance{border:1px solid #bbb;background:#fafafa;padding:.2rem 1rem;margin:1rem 0}.provenance h2{margin-top:.6rem}
+.warn{color:#a00;font-weight:600}
 @page{size:A4;margin:14mm}@media print{body{margin:0;max-width:none}h2{break-after:avoid}
 figure,table{break-inside:avoid}}
 """
@@ -352,14 +457,23 @@ def build_report(run_dir: str | os.PathLike, data_root: str | os.PathLike) -> st
     cfg = model_config(model_dir if (model_dir / "lab6_config.yaml").exists() else model_dir / "pipeline")
     origin = m4.get("model_origin", "")
     shipped = "shipped" in origin
+    given = bool(metrics.get("run", {}).get("model"))  # `lab6 run --model`: notebook 03 did not run
+    if given:
+        m3 = {}
     try:
-        evaluator = shown_path(find_evaluator(data_root=data.root))
+        evaluator_path = find_evaluator(data_root=data.root)
+        evaluator = shown_path(evaluator_path)
     except CheckpointError:
-        evaluator = "—"
-    live_cfg = model_config(run / "train")
+        evaluator_path, evaluator = None, "—"
+    live_cfg = None if given else model_config(run / "train")
+    try:
+        stages = read_stages(model_dir)
+    except CheckpointError:
+        stages = []
     s = [f"<!doctype html><html><head><meta charset='utf-8'><title>Lab 6 report: conditional DDPM</title>"
          f"<style>{CSS}</style></head><body>",
-         "<h1>Lab 6 — a conditional DDPM for CLEVR-style scenes</h1>"]
+         "<h1>Lab 6 — a conditional DDPM for CLEVR-style scenes</h1>",
+         provenance(data, evaluator_path, origin, model_dir, stages, live_steps(run, m3, live_cfg), given)]
     # 1. Introduction
     s += ["<h2>1. Introduction</h2>",
           "<p>A denoising diffusion model (DDPM) learns to turn Gaussian noise into a 64×64 scene that holds a "
@@ -377,23 +491,27 @@ def build_report(run_dir: str | os.PathLike, data_root: str | os.PathLike) -> st
     s.append("</ul>")
     # 2-3. Implementation, hyperparameters
     if cfg is not None:
-        s += [implementation(cfg, count_parameters(build_model(cfg.model))), hyperparameters(cfg)]
+        s += [implementation(cfg, count_parameters(build_model(cfg.model)), stages), hyperparameters(cfg, stages)]
     # 4. Results
     s.append("<h2>4. Results</h2>")
     curves = {}
     if shipped and (model_dir / "metrics.jsonl").exists():
         curves["shipped model (its last training stage)"] = read_metrics(model_dir / "metrics.jsonl")
-    if (run / "train" / "metrics.jsonl").exists():
+    if (run / "train" / "metrics.jsonl").exists() and not given:
         curves["trained live in this run"] = read_metrics(run / "train" / "metrics.jsonl")
     curve = training_curve(curves)
-    if curve:
+    if given:
+        s += ["<h3>Training</h3>", f"<p>Notebook 03 (training) was not run: <code>lab6 run --model</code> drew every "
+              f"figure below from the given model <code>{esc(shown_path(model_dir))}</code>.</p>"]
+    elif curve:
         s += ["<h3>Training curve</h3>", img(curve, "training loss against step")]
+    s += reference_figures(model_dir)
     acc = m5.get("accuracy", {})
     if acc:
         s += ["<h3>Accuracy (the course's top-k metric)</h3>",
-              "<p class='note'>Per test file: the graded run (seed of notebook 04), the mean and spread over "
-              "sampling seeds, and the evaluator's own accuracy on ground-truth renders of the same label sets "
-              "(its ceiling), where the data has them.</p>", table(acc, "file")]
+              "<p class='note'>This run's own figures. Per test file: the graded run (seed of notebook 04), the mean "
+              "and spread over this run's sampling seeds, and the evaluator's own accuracy on ground-truth renders "
+              "of the same label sets (its ceiling), where the data has them.</p>", table(acc, "file")]
     beyond = m5.get("beyond_top_k", {})
     fid = m5.get("fid", {})
     if beyond:

@@ -11,7 +11,17 @@ from pathlib import Path
 import papermill as pm
 from papermill.exceptions import PapermillExecutionError
 
-from .config import DEFAULT_PROFILE, PROFILES, SAMPLERS, check_device, check_finite_fields
+from .checkpoints import EXPORT_DIR
+from .config import (
+    DEFAULT_PROFILE,
+    PROFILES,
+    SAMPLERS,
+    Config,
+    check_device,
+    check_finite_fields,
+    config_from_dict,
+    read_yaml,
+)
 from .data import DATA_DIR, PROJECT_ROOT, CourseData, default_data_root, is_synthetic
 from .errors import CheckpointError, ConfigError, DataError, Lab6Error
 from .evaluator import find_evaluator, is_default_synth
@@ -30,6 +40,10 @@ NOTEBOOKS = (
     "05_results.ipynb",
 )
 TRAINING_NOTEBOOK = "03_training.ipynb"
+MODEL_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+VALID_MODEL = (f"expected a `lab6 train` export holding model_index.json, lab6_config.yaml and {MODEL_WEIGHTS} "
+               f"(such as pretrained/quick or <run>/{EXPORT_DIR})")
+UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # pickled weights: loading them can run code
 
 
 @dataclass
@@ -49,6 +63,7 @@ class RunConfig:
     steps: int | None = None  # sampling steps in notebooks 04-05 (the model's)
     guidance: float | None = None  # guidance scale in notebooks 04-05 (the model's); 1 = no guidance
     ddpm_1000: bool = True  # notebook 04 compares DDPM-1000 too (quick: ~2 min for 32 images on a 2-core CPU)
+    model: str | None = None  # a given export: notebooks 04-05 grade it, notebook 03 (training) is skipped
 
     def validate(self) -> RunConfig:
         """Check every option once; a ConfigError names the command-line option."""
@@ -68,17 +83,49 @@ class RunConfig:
         return self
 
     def resolved(self) -> RunConfig:
-        """A copy with the data root and run folder filled in and made absolute."""
+        """A copy with the data root and run folder filled in and made absolute; with a given model, its folder
+        (checked) and its profile."""
+        given = {}
+        if self.model is not None:
+            folder, cfg = given_model(self.model)
+            given = {"model": str(folder.resolve()), "profile": cfg.profile}
+        profile = given.get("profile", self.profile)
         data_root = Path(self.data_root) if self.data_root else default_data_root()
-        run_dir = Path(self.run_dir) if self.run_dir else PROJECT_ROOT / "outputs" / self.profile
-        return RunConfig(**{**asdict(self), "data_root": str(data_root.resolve()),
+        run_dir = Path(self.run_dir) if self.run_dir else PROJECT_ROOT / "outputs" / profile
+        return RunConfig(**{**asdict(self), **given, "data_root": str(data_root.resolve()),
                             "run_dir": str(run_dir.resolve())})
+
+    def notebooks(self) -> tuple[str, ...]:
+        """The notebooks this run executes: all five, or all but training for a given model."""
+        return tuple(n for n in NOTEBOOKS if not (self.model and n == TRAINING_NOTEBOOK))
 
     def notebook_parameters(self) -> dict:
         """The flat literals injected into each notebook's `parameters` cell (papermill passes None as None)."""
         return {"profile": self.profile, "data_root": self.data_root, "run_dir": self.run_dir,
                 "device": self.device, "seed": self.seed, "max_steps": self.max_steps, "max_minutes": self.max_minutes,
-                "sampler": self.sampler, "steps": self.steps, "guidance": self.guidance, "ddpm_1000": self.ddpm_1000}
+                "sampler": self.sampler, "steps": self.steps, "guidance": self.guidance, "ddpm_1000": self.ddpm_1000,
+                "model": self.model}
+
+
+def given_model(path: str | Path) -> tuple[Path, Config]:
+    """The export that `--model` names (a run folder: its pipeline/) and its saved config; a bad one fails here,
+    naming the folder and what a valid one holds."""
+    folder = Path(path)
+    if (folder / EXPORT_DIR / "model_index.json").is_file():
+        folder = folder / EXPORT_DIR
+    if not folder.is_dir():
+        raise CheckpointError(f"--model {folder}: no such folder; {VALID_MODEL}")
+    missing = [name for name in ("model_index.json", "lab6_config.yaml") if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(f"--model {folder}: not a lab6 export (no {' or '.join(missing)}); {VALID_MODEL}")
+    if not (folder / MODEL_WEIGHTS).is_file():
+        unsafe = sorted(p.name for p in (folder / "unet").glob("*") if p.suffix in UNSAFE_SUFFIXES)
+        held = f"holds only {', '.join(unsafe)} (pickled: loading it could run code)" if unsafe else "holds no weights"
+        raise CheckpointError(f"--model {folder}: unet/ {held}; lab6 reads safetensors weights only; {VALID_MODEL}")
+    try:
+        return folder, config_from_dict(read_yaml(folder / "lab6_config.yaml"))
+    except ConfigError as e:
+        raise CheckpointError(f"--model {folder}: unreadable config ({e}); {VALID_MODEL}") from None
 
 
 def ensure_data(cfg: RunConfig) -> CourseData:
@@ -166,8 +213,12 @@ def run_pipeline(cfg: RunConfig) -> Path:
     except (OSError, ValueError):
         state = {}  # a corrupt state file only means every notebook runs again
     rerun = cfg.force
+    record_run(run_dir, cfg)
     for i, name in enumerate(NOTEBOOKS, 1):
         prefix = f"[{i}/{len(NOTEBOOKS)}] {name}"
+        if name not in cfg.notebooks():
+            print(f"{prefix}: skipped (the model is given: {cfg.model})", flush=True)
+            continue
         fp = _fingerprint(NOTEBOOK_DIR / name, cfg.notebook_parameters())
         done = state.get(name) == fp and _completed(nb_dir / name)
         if done and not rerun:
@@ -187,6 +238,17 @@ def run_pipeline(cfg: RunConfig) -> Path:
         print(f"[report] {path}", flush=True)
     print(f"[done] {run_dir} ({time.time() - t0:.0f} s in all)", flush=True)
     return run_dir
+
+
+def record_run(run_dir: Path, cfg: RunConfig) -> None:
+    """metrics.json's `run`: the given model (None: trained live) and the notebooks run; a given model also drops
+    an earlier run's training record, which would otherwise claim this run trained."""
+    path = run_dir / "metrics.json"
+    allm = json.loads(path.read_text()) if path.exists() else {}
+    if cfg.model:
+        allm.pop("03_training", None)
+    allm["run"] = {"model": cfg.model, "profile": cfg.profile, "notebooks": list(cfg.notebooks())}
+    write_json(path, allm)
 
 
 def record_metrics(run_dir: str | Path, notebook: str, metrics: dict) -> Path:

@@ -16,6 +16,7 @@ from PIL import Image
 from lab6 import labels as L
 from lab6.data import CourseData, IclevrDataset, load_image
 from lab6.evaluator import SHIPPED_EVALUATOR, Evaluator, ResNet18, find_evaluator, load_checkpoint
+from lab6.report import shown_path
 from lab6.run import NOTEBOOKS
 from tests.conftest import REPO
 
@@ -119,6 +120,10 @@ def test_lab6_run_on_the_course_files(tmp_path):
     assert f"{root.name}/checkpoint.pth" in report and "pretrained/evaluator" not in report
     assert "trained live in this run" in report  # not the model shipped for the synthetic data
     assert "distance to the synthetic renderer" in report  # checker and FID references are this project's renders
+    box = report.split("<div class='provenance'>", 1)[1].split("</div>", 1)[0]  # the provenance box, at the top
+    assert f"the course's files in <code>{shown_path(root)}</code>" in box
+    assert f"the course's evaluator <code>{shown_path(root / 'checkpoint.pth')}</code>" in box
+    assert "NOT the course" not in report and "This run's training:</b> 12 of 12 planned steps" in box
     for split in ("test", "new_test"):
         images = sorted((run_dir / "images" / split).glob("*.png"))
         assert len(images) == 32
