@@ -18,7 +18,7 @@ from . import labels as L
 from .data import PROJECT_ROOT, from_uint8
 from .devices import resolve_device
 from .errors import CheckpointError, DataError
-from .evaluator import ResNet18
+from .evaluator import ImageResult, ResNet18
 
 COUNTS = 4  # count classes per object: 0, 1, 2, 3 or more
 SHIPPED = PROJECT_ROOT / "pretrained" / "checker" / "checker.pth"
@@ -79,3 +79,66 @@ def scene_report(counts: torch.Tensor, wanted: torch.Tensor) -> dict:
             "unrequested": float(((counts > 0) & ~asked).any(1).sum()) / n,
             "missing": float(((counts == 0) & asked).any(1).sum()) / n,
             "images": int(counts.shape[0])}
+
+
+# ---------------------------------------------------------------- one image's reading, in words
+DUPLICATE, UNREQUESTED, MISSING = "duplicate", "unrequested", "missing"
+JUDGES_DIFFER = ("The two judges count different things: the evaluator's top-k only sees which k classes score "
+                 "highest, so a duplicate or a look-alike that takes a requested object's slot is one top-k miss "
+                 "(or none); the checker counts the copies of every object, so it reads a duplicate, an object "
+                 "nobody asked for and a requested object drawn zero times, and its shares are of images, not of "
+                 "labels.")
+
+
+def read_scene(counts, wanted) -> list[str]:
+    """What the checker reads wrong in one image, from its counts (24,) against the requested counts (24,):
+    e.g. ['duplicate: brown sphere ×2', 'missing: brown cylinder', 'unrequested: red cube']; [] = exact."""
+    out = {DUPLICATE: [], MISSING: [], UNREQUESTED: []}
+    for j, (n, w) in enumerate(zip(torch.as_tensor(counts).tolist(), torch.as_tensor(wanted).tolist())):
+        copies = f"×{n}+" if n >= COUNTS - 1 else f"×{n}"
+        if w > 0 and n > w:
+            out[DUPLICATE].append(f"{L.OBJECTS[j]} {copies}")
+        elif w > 0 and n == 0:
+            out[MISSING].append(L.OBJECTS[j])
+        elif w == 0 and n > 0:
+            out[UNREQUESTED].append(L.OBJECTS[j] + (f" {copies}" if n > 1 else ""))
+    return [f"{kind}: {', '.join(names)}" for kind, names in out.items() if names]
+
+
+def evaluator_reading(result: ImageResult) -> str:
+    """The evaluator's top-k verdict on one image in words: each miss as 'wanted → seen (kind)'."""
+    if not result.misses:
+        return f"all {len(result.labels)} in its top-{len(result.labels)}"
+    return "; ".join(f"{m.object} → {m.seen or '?'} ({m.kind})" for m in result.misses)
+
+
+def error_rows(split: str, results: list[ImageResult], counts: torch.Tensor) -> list[dict]:
+    """One row per image that either judge faults, worst first: the file and index (`test.json #3`), what was
+    wanted, the checker's reading (a duplicate named as such) and, beside it, the evaluator's top-k reading."""
+    wanted = requested_counts([r.labels for r in results])
+    rows = []
+    for r, c, w in zip(results, counts, wanted):
+        checker_says = read_scene(c, w)
+        if not r.misses and not checker_says:
+            continue
+        rows.append({"image": f"{split}.json #{r.index}", "wanted": ", ".join(r.labels),
+                     "checker reads": "; ".join(checker_says) or "exactly the requested objects",
+                     "evaluator's top-k": evaluator_reading(r),
+                     "_order": (r.hits / max(1, len(r.labels)), -len(checker_says))})
+    return rows
+
+
+def worst_images(rows: list[dict], n: int = 8) -> list[dict]:
+    """The n rows of `error_rows` (any splits) with the fewest top-k hits, then the most checker faults."""
+    ranked = sorted(rows, key=lambda r: r["_order"])[:n]
+    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in ranked]
+
+
+def image_verdict(image: torch.Tensor, labels: list[str], evaluator, checker: CountChecker | None = None) -> dict:
+    """Whether one image (3, 64, 64) in [-1, 1] shows its label set, by each judge: {'evaluator': {hits, labels,
+    reading}, 'checker': what it reads wrong ([] = exactly the requested objects)}; no checker, no 'checker'."""
+    r = evaluator.breakdown(image[None], [labels])[0]
+    out = {"evaluator": {"hits": r.hits, "labels": len(r.labels), "reading": evaluator_reading(r)}}
+    if checker is not None:
+        out["checker"] = read_scene(checker.counts(image[None])[0], requested_counts([labels])[0])
+    return out

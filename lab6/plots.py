@@ -202,23 +202,45 @@ def plot_training(records: list[dict], title: str = ""):
     return fig
 
 
-def denoising_strip(frames: torch.Tensor, timesteps, final: torch.Tensor | None = None, title: str = ""):
-    """One row of frames (S, 3, H, W) in [-1, 1] from noise to image, each titled with its t."""
+STRIP_FRAMES = 6        # captured steps in the denoising strip, the final image beside them: 7 columns
+STRIP_WIDTH_IN = 7.0    # the strip's width: a printed A4 page's text width, so its labels print at their size
+STRIP_FONT_PT = 10
+
+
+def strip_steps(num_steps: int, frames: int = STRIP_FRAMES) -> list[int]:
+    """Loop indices of `frames` evenly spaced sampling steps out of `num_steps`, the first and the last included."""
+    frames = max(2, min(frames, num_steps))
+    return sorted({round(i * (num_steps - 1) / (frames - 1)) for i in range(frames)})
+
+
+def denoising_strip(frames: torch.Tensor, timesteps, final: torch.Tensor | None = None, title: str = "",
+                    x0: torch.Tensor | None = None):
+    """Frames (S, 3, H, W) in [-1, 1] from noise to image, each titled with its t, the final image beside them;
+    with `x0` (S, 3, H, W), the model's estimate of the clean image at the same steps as a second row.
+    The figure is STRIP_WIDTH_IN wide with STRIP_FONT_PT labels, so at a page's width they print at that size."""
     import matplotlib.pyplot as plt
 
-    imgs = list(_as_uint8(frames))
-    names = [f"t={t}" for t in timesteps]
-    if final is not None:
-        imgs.append(_as_uint8(final[None] if final.dim() == 3 else final)[0])
-        names.append("final")
-    fig, axes = plt.subplots(1, len(imgs), figsize=(1.45 * len(imgs), 1.9), squeeze=False)
-    for ax, im, name in zip(axes[0], imgs, names):
-        ax.imshow(im, interpolation="nearest")
-        ax.set_title(name, fontsize=8)
+    rows = [("$x_t$", list(_as_uint8(frames)))] + ([(r"$\hat x_0$", list(_as_uint8(x0)))] if x0 is not None else [])
+    names = [f"t = {t}" for t in timesteps]
+    ncol = len(names) + (final is not None)
+    side = STRIP_WIDTH_IN / (ncol + 0.35)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(STRIP_WIDTH_IN, len(rows) * side + 0.3 + 0.35 * bool(title)),
+                             squeeze=False)
+    for ax in axes.flat:
         ax.axis("off")
+    for r, (row_name, imgs) in enumerate(rows):
+        for c, im in enumerate(imgs):
+            axes[r, c].imshow(im, interpolation="nearest")
+            if r == 0:  # the t of each column, once
+                axes[r, c].set_title(names[c], fontsize=STRIP_FONT_PT)
+        axes[r, 0].text(-0.06, 0.5, row_name, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center",
+                        fontsize=STRIP_FONT_PT)
+    if final is not None:
+        axes[0, -1].imshow(_as_uint8(final[None] if final.dim() == 3 else final)[0], interpolation="nearest")
+        axes[0, -1].set_title("final", fontsize=STRIP_FONT_PT)
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=STRIP_FONT_PT)
+    fig.tight_layout(pad=0.3)
     return fig
 
 
@@ -352,6 +374,17 @@ class LivePlot:
         if records is not None:
             self.records = list(records)
         return self.draw()
+
+
+def png_display(image):
+    """A PIL image as an IPython PNG display object: one format in a saved notebook, not PNG and JPEG both."""
+    import io
+
+    from IPython.display import Image as PNG
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return PNG(data=buf.getvalue(), format="png")
 
 
 def save_figure(fig, path, dpi: int = 120) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -11,6 +12,25 @@ from papermill.engines import NBClientEngine, papermill_engines
 from traitlets import default
 
 ENGINE = "lab6"
+HEADLESS_ENV = "LAB6_HEADLESS"  # "1" in the kernels `lab6 run` starts: no frontend draws their widgets
+
+
+def text_progress_when_headless() -> bool:
+    """In a kernel that `lab6 run` started, make tqdm.auto the plain-text tqdm; returns whether it did.
+
+    tqdm.auto draws an ipywidgets bar in a kernel; with no frontend (papermill) the executed notebook keeps only
+    the widget's first text frame, `0%`, since its updates travel as widget messages that are not saved. Text bars
+    are saved as they end. Call it before the modules that draw bars are imported.
+    """
+    if os.environ.get(HEADLESS_ENV) != "1":
+        return False
+    import tqdm.auto
+    import tqdm.autonotebook
+    import tqdm.std
+
+    for module in (tqdm.auto, tqdm.autonotebook):
+        module.tqdm, module.trange = tqdm.std.tqdm, tqdm.std.trange
+    return True
 
 
 class IPCKernelManager(AsyncKernelManager):
@@ -44,7 +64,8 @@ class CellPrinter:
 
 
 class ProgressEngine(NBClientEngine):
-    """papermill's nbclient engine, calling `on_cell(nb, cell, index)` as each cell starts."""
+    """papermill's nbclient engine, calling `on_cell(nb, cell, index)` as each cell starts; its kernels run with
+    LAB6_HEADLESS=1 (no frontend: text progress bars, see text_progress_when_headless)."""
 
     @classmethod
     def execute_managed_notebook(cls, nb_man, kernel_name, on_cell=None, **kwargs):
@@ -56,7 +77,16 @@ class ProgressEngine(NBClientEngine):
                 return start(cell, cell_index, **kw)
 
             nb_man.cell_start = cell_start
-        return super().execute_managed_notebook(nb_man, kernel_name, kernel_manager_class=IPCKernelManager, **kwargs)
+        before = os.environ.get(HEADLESS_ENV)
+        os.environ[HEADLESS_ENV] = "1"  # the kernel inherits it: see text_progress_when_headless
+        try:
+            return super().execute_managed_notebook(nb_man, kernel_name, kernel_manager_class=IPCKernelManager,
+                                                    **kwargs)
+        finally:
+            if before is None:
+                os.environ.pop(HEADLESS_ENV, None)
+            else:
+                os.environ[HEADLESS_ENV] = before
 
 
 papermill_engines.register(ENGINE, ProgressEngine)
