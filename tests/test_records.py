@@ -24,7 +24,7 @@ def test_the_readme_results_table_is_the_rendered_scores_file():
     section = (REPO / "README.md").read_text().split("## Results", 1)[1].split("\n## ", 1)[0]
     fid, sampling = scores["fid"], scores["sampling"]
     assert f"{fid['model']:.1f} (two renders of the ground truth: {fid['ground_truth']:.1f})" in section
-    assert f"Sampling 32\nimages takes {sampling['seconds_per_32_images']:g} s" in section
+    assert f"Sampling 32\nimages took {sampling['seconds_per_32_images']:g} s" in section
     assert f"mean of {len(scores['provenance']['seeds'])} sampling seeds" in section
 
 
