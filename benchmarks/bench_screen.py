@@ -5,7 +5,7 @@
 
 A full training of the quick model costs hours of a CPU; a screen costs minutes per run. Each recipe is a YAML
 file over the `quick` profile (usually a narrower net, `train.max_minutes: null`). First every recipe's training
-speed is measured here, alone and back to back (`calibrate`: 6 optimiser steps of its own batch after 2 warm-up
+speed is measured here, alone and back to back (`calibrate`: 12 optimiser steps of its own batch after 3 warm-up
 steps), and `--minutes` becomes a step count per recipe: equal CPU minutes at this machine's speed, whatever else
 runs later (a shared CPU lengthens the wall time, not the budget). Then `lab6 train` runs each recipe for each
 seed into `--runs`/<recipe>-seed<k> (a run whose export already has its step count is kept, so a screen stopped
@@ -38,7 +38,7 @@ METRICS = ["exact", "duplicate", "missing", "top-k"]
 SPLITS = ["test", "new_test", "unseen_test"]
 
 
-def calibrate(recipe: Path, profile: str, warmup: int = 2, steps: int = 6) -> float:
+def calibrate(recipe: Path, profile: str, warmup: int = 3, steps: int = 12) -> float:
     """Training images per second of a recipe's model and loss on this machine (random images, 2 labels each)."""
     cfg = load_config(profile, recipe)
     t = cfg.train
@@ -48,10 +48,10 @@ def calibrate(recipe: Path, profile: str, warmup: int = 2, steps: int = 6) -> fl
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr)
     alphas_cumprod = make_scheduler(cfg.schedule, "ddpm").alphas_cumprod.float()  # (T,)
     g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(t.batch_size, 3, cfg.model.output_size, cfg.model.output_size, generator=g)  # (B, 3, R, R)
+    x0 = torch.randn(t.batch_size, 3, cfg.model.sample_size, cfg.model.sample_size, generator=g)  # (B, 3, R, R)
     y = torch.zeros(t.batch_size, 24)
     y[:, 1], y[:, 14] = 1.0, 1.0
-    pw = torch.ones(t.batch_size, 1, cfg.model.output_size, cfg.model.output_size) if t.foreground_weight else None
+    pw = torch.ones(t.batch_size, 1, cfg.model.sample_size, cfg.model.sample_size) if t.foreground_weight else None
     for i in range(warmup + steps):
         if i == warmup:
             start = time.perf_counter()
@@ -85,7 +85,7 @@ def train_run(recipe: Path, profile: str, seed: int, steps: int, data: str, run:
     cmd = [sys.executable, "-m", "lab6", "train", "--profile", profile, "--config", str(recipe), "--seed", str(seed),
            "--max-steps", str(steps), "--checkpoint-every", str(steps), "--data", data, "--out", str(run),
            "--no-progress"]
-    if (run / f"checkpoint-{steps}").exists() or any(run.glob("checkpoint-*")):
+    if any(run.glob("checkpoint-*")):
         cmd += ["--resume", "latest"]
     print(" ".join(cmd), flush=True)
     start = time.perf_counter()
@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="data/synth", help="dataset root (training images and test files)")
     parser.add_argument("--runs", default="outputs/screen", help="folder of the training runs (kept for re-runs)")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/results/screen-<date>)")
+    parser.add_argument("--no-train", action="store_true",
+                        help="train nothing: read the runs already finished (a screen stopped part way)")
     args = parser.parse_args(argv)
     recipes = [Path(r) for r in args.recipes.split(",") if r.strip()]
     for r in recipes:
@@ -146,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         for r in recipes:
             run = Path(args.runs) / f"{r.stem}-seed{seed}"
+            if args.no_train:
+                if finished_steps(run) == cal[r.stem]["steps"]:
+                    runs.append({"recipe": r.stem, "seed": seed, "steps": cal[r.stem]["steps"], "run": str(run)})
+                continue
             runs.append({"recipe": r.stem, "seed": seed, "steps": cal[r.stem]["steps"],
                          **train_run(r, args.profile, seed, cal[r.stem]["steps"], args.data, run)})
             (out / "runs.json").write_text(json.dumps(runs, indent=1))
@@ -161,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, table = [], {}
     for r in recipes:
         mine = [readings[Path(x["run"]).name] for x in runs if x["recipe"] == r.stem]
+        if not mine:
+            continue
         table[r.stem] = {s: {m: [p[s][m] for p in mine] for m in METRICS} for s in SPLITS}
         rows.append([r.stem, cal[r.stem]["img_per_s"], cal[r.stem]["steps"],
                      *[summary(table[r.stem]["new_test"][m]) for m in METRICS],
