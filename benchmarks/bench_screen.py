@@ -5,9 +5,9 @@
 
 A full training of the quick model costs hours of a CPU; a screen costs minutes per run. Each recipe is a YAML
 file over the `quick` profile (usually a narrower net, `train.max_minutes: null`). First every recipe's training
-speed is measured here, alone and back to back (`calibrate`: 12 optimiser steps of its own batch after 3 warm-up
-steps), and `--minutes` becomes a step count per recipe: equal CPU minutes at this machine's speed, whatever else
-runs later (a shared CPU lengthens the wall time, not the budget). Then `lab6 train` runs each recipe for each
+speed is measured here, alone and back to back (`lab6.train.measure_speed`: 12 optimiser steps of its own batch
+after 3 warm-up steps), and `--minutes` becomes a step count per recipe: equal CPU minutes at this machine's speed,
+whatever else runs later (a shared CPU lengthens the wall time, not the budget). Then `lab6 train` runs each recipe for each
 seed into `--runs`/<recipe>-seed<k> (a run whose export already has its step count is kept, so a screen stopped
 by the end of a session goes on where it was), and `bench_fidelity.py` reads every export on test, new_test
 and unseen_test once per `--sample-seeds`. The table gives, per recipe, the mean and spread (min-max over the
@@ -23,46 +23,20 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fidelity  # noqa: E402
 from _common import REPO, default_out, format_table, int_list, load_average, machine_info, machine_line, run_main  # noqa: E402
 
 from lab6.config import load_config  # noqa: E402
-from lab6.model import build_model  # noqa: E402
-from lab6.schedules import make_scheduler  # noqa: E402
-from lab6.train import diffusion_loss  # noqa: E402
+from lab6.train import measure_speed  # noqa: E402
 
 METRICS = ["exact", "duplicate", "missing", "top-k"]
 SPLITS = ["test", "new_test", "unseen_test"]
 
 
-def calibrate(recipe: Path, profile: str, warmup: int = 3, steps: int = 12) -> float:
-    """Training images per second of a recipe's model and loss on this machine (random images, 2 labels each)."""
-    cfg = load_config(profile, recipe)
-    t = cfg.train
-    torch.set_num_threads(t.num_threads or torch.get_num_threads())
-    torch.manual_seed(0)
-    model = build_model(cfg.model).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr)
-    alphas_cumprod = make_scheduler(cfg.schedule, "ddpm").alphas_cumprod.float()  # (T,)
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(t.batch_size, 3, cfg.model.sample_size, cfg.model.sample_size, generator=g)  # (B, 3, R, R)
-    y = torch.zeros(t.batch_size, 24)
-    y[:, 1], y[:, 14] = 1.0, 1.0
-    pw = torch.ones(t.batch_size, 1, cfg.model.sample_size, cfg.model.sample_size) if t.foreground_weight else None
-    for i in range(warmup + steps):
-        if i == warmup:
-            start = time.perf_counter()
-        loss = diffusion_loss(model, x0, y, alphas_cumprod, g, cfg.schedule.prediction_type, t.cond_drop_prob,
-                              t.min_snr_gamma, t.timestep_sampling, pw)
-        loss.backward()
-        if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return steps * t.batch_size / (time.perf_counter() - start)
+def calibrate(recipe: Path, profile: str) -> float:
+    """Training images per second of a recipe's model, loss and batch on this machine (lab6.train.measure_speed)."""
+    return measure_speed(load_config(profile, recipe), steps=12, warmup=3)
 
 
 def finished_steps(run: Path) -> int | None:

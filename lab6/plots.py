@@ -328,15 +328,27 @@ def validation_grids(folder, split: str = "test") -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def plot_first_last_grids(grids: Sequence[tuple[int, Path]], title: str = ""):
-    """The first and the last validation grid (from validation_grids) one above the other, titled by step."""
+def plot_validation_grids(grids: Sequence[tuple[int, Path]], records: Sequence[dict] = (), title: str = "",
+                          most: int = 6):
+    """Validation grids (from validation_grids) one above the other, each titled by its step and the validation
+    accuracies logged at that step (metrics.jsonl records); at most `most`, the first and the last among them."""
     import matplotlib.pyplot as plt
 
-    shown = list(grids[:1]) + list(grids[-1:]) if len(grids) > 1 else list(grids)
-    fig, axes = plt.subplots(len(shown), 1, figsize=(9, 4.8 * len(shown)), squeeze=False)
-    for ax, (step, path) in zip(axes[:, 0], shown):
-        ax.imshow(Image.open(path), interpolation="nearest")
-        ax.set_title(f"{title} step {step}".strip(), fontsize=10)
+    grids = list(grids)
+    if len(grids) > most:
+        keep = sorted({round(i * (len(grids) - 1) / (most - 1)) for i in range(most)})
+        grids = [grids[i] for i in keep]
+    acc: dict[int, dict[str, float]] = {}
+    for r in records:
+        acc.setdefault(r.get("step"), {}).update({k[:-4]: v for k, v in r.items() if k.endswith("_acc")})
+    images = [Image.open(path) for _, path in grids]
+    rows = [9 * im.height / im.width + 0.35 for im in images]  # inches: a 9-inch-wide grid and its title
+    fig, axes = plt.subplots(len(grids), 1, figsize=(9, sum(rows)), squeeze=False,
+                             gridspec_kw={"height_ratios": rows})
+    for ax, (step, _), im in zip(axes[:, 0], grids, images):
+        ax.imshow(im, interpolation="nearest")
+        scores = ", ".join(f"{split} {v:.2f}" for split, v in acc.get(step, {}).items())
+        ax.set_title(f"{title} step {step}".strip() + (f"  |  top-k {scores}" if scores else ""), fontsize=10)
         ax.axis("off")
     fig.tight_layout()
     return fig

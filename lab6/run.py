@@ -20,6 +20,7 @@ from .config import (
     check_device,
     check_finite_fields,
     config_from_dict,
+    load_config,
     read_yaml,
 )
 from .data import DATA_DIR, PROJECT_ROOT, CourseData, default_data_root, is_synthetic
@@ -64,6 +65,8 @@ class RunConfig:
     guidance: float | None = None  # guidance scale in notebooks 04-05 (the model's); 1 = no guidance
     ddpm_1000: bool = True  # notebook 04 compares DDPM-1000 too (quick: ~2 min for 32 images on a 2-core CPU)
     model: str | None = None  # a given export: notebooks 04-05 grade it, notebook 03 (training) is skipped
+    init_from: str | None = None  # notebook 03's start: an export, "none" (random weights) or None (the profile's)
+    recipe: str | None = None  # notebook 03's training YAML over the profile (None: the profile's for its start)
 
     def validate(self) -> RunConfig:
         """Check every option once; a ConfigError names the command-line option."""
@@ -80,6 +83,10 @@ class RunConfig:
             raise ConfigError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.guidance is not None and not self.guidance >= 0:
             raise ConfigError(f"--guidance: expected a scale >= 0 (1 = no guidance), got {self.guidance}")
+        if self.init_from is not None and self.init_from != "none":
+            given_model(self.init_from, "--init-from")
+        if self.recipe is not None:
+            load_config(self.profile, self.recipe)  # a ConfigError names the file and the field
         return self
 
     def resolved(self) -> RunConfig:
@@ -92,8 +99,11 @@ class RunConfig:
         profile = given.get("profile", self.profile)
         data_root = Path(self.data_root) if self.data_root else default_data_root()
         run_dir = Path(self.run_dir) if self.run_dir else PROJECT_ROOT / "outputs" / profile
+        start = training_start(profile, data_root, self.init_from)
+        recipe = Path(self.recipe) if self.recipe else training_recipe(profile, start)
         return RunConfig(**{**asdict(self), **given, "data_root": str(data_root.resolve()),
-                            "run_dir": str(run_dir.resolve())})
+                            "run_dir": str(run_dir.resolve()), "init_from": str(start.resolve()) if start else "none",
+                            "recipe": str(recipe.resolve()) if recipe else None})
 
     def notebooks(self) -> tuple[str, ...]:
         """The notebooks this run executes: all five, or all but training for a given model."""
@@ -104,28 +114,28 @@ class RunConfig:
         return {"profile": self.profile, "data_root": self.data_root, "run_dir": self.run_dir,
                 "device": self.device, "seed": self.seed, "max_steps": self.max_steps, "max_minutes": self.max_minutes,
                 "sampler": self.sampler, "steps": self.steps, "guidance": self.guidance, "ddpm_1000": self.ddpm_1000,
-                "model": self.model}
+                "model": self.model, "init_from": self.init_from, "recipe": self.recipe}
 
 
-def given_model(path: str | Path) -> tuple[Path, Config]:
-    """The export that `--model` names (a run folder: its pipeline/) and its saved config; a bad one fails here,
-    naming the folder and what a valid one holds."""
+def given_model(path: str | Path, option: str = "--model") -> tuple[Path, Config]:
+    """The export that `--model` (or `option`) names (a run folder: its pipeline/) and its saved config; a bad one
+    fails here, naming the folder and what a valid one holds."""
     folder = Path(path)
     if (folder / EXPORT_DIR / "model_index.json").is_file():
         folder = folder / EXPORT_DIR
     if not folder.is_dir():
-        raise CheckpointError(f"--model {folder}: no such folder; {VALID_MODEL}")
+        raise CheckpointError(f"{option} {folder}: no such folder; {VALID_MODEL}")
     missing = [name for name in ("model_index.json", "lab6_config.yaml") if not (folder / name).is_file()]
     if missing:
-        raise CheckpointError(f"--model {folder}: not a lab6 export (no {' or '.join(missing)}); {VALID_MODEL}")
+        raise CheckpointError(f"{option} {folder}: not a lab6 export (no {' or '.join(missing)}); {VALID_MODEL}")
     if not (folder / MODEL_WEIGHTS).is_file():
         unsafe = sorted(p.name for p in (folder / "unet").glob("*") if p.suffix in UNSAFE_SUFFIXES)
         held = f"holds only {', '.join(unsafe)} (pickled: loading it could run code)" if unsafe else "holds no weights"
-        raise CheckpointError(f"--model {folder}: unet/ {held}; lab6 reads safetensors weights only; {VALID_MODEL}")
+        raise CheckpointError(f"{option} {folder}: unet/ {held}; lab6 reads safetensors weights only; {VALID_MODEL}")
     try:
         return folder, config_from_dict(read_yaml(folder / "lab6_config.yaml"))
     except ConfigError as e:
-        raise CheckpointError(f"--model {folder}: unreadable config ({e}); {VALID_MODEL}") from None
+        raise CheckpointError(f"{option} {folder}: unreadable config ({e}); {VALID_MODEL}") from None
 
 
 def ensure_data(cfg: RunConfig) -> CourseData:
@@ -261,6 +271,29 @@ def record_metrics(run_dir: str | Path, notebook: str, metrics: dict) -> Path:
 
 
 PRETRAINED_DIR = PROJECT_ROOT / "pretrained"
+CONFIG_DIR = PROJECT_ROOT / "configs"
+
+
+def training_start(profile: str, data_root: str | Path, init_from: str | None = None) -> Path | None:
+    """The weights notebook 03 starts from: `init_from` (an export; "none": random weights) or the profile's
+    default. The quick profile fine-tunes its shipped model on data other than the default renders (the course's
+    images, a second look), so a CPU's budget gives a model of those images; elsewhere, and for full and seed,
+    training starts from random weights."""
+    if init_from == "none":
+        return None
+    if init_from is not None:
+        return given_model(init_from, "--init-from")[0]
+    shipped = PRETRAINED_DIR / profile
+    if profile == "quick" and (shipped / "model_index.json").exists() and not is_default_synth(data_root):
+        return shipped
+    return None
+
+
+def training_recipe(profile: str, start: Path | None) -> Path | None:
+    """Notebook 03's YAML over the profile: configs/<profile>-finetune.yaml from a trained model,
+    configs/<profile>-live.yaml from random weights, when the profile has one (None: the profile as it is)."""
+    recipe = CONFIG_DIR / f"{profile}-{'finetune' if start is not None else 'live'}.yaml"
+    return recipe if recipe.exists() else None
 
 
 def run_model(profile: str, run_dir: str | Path, model: str | None = None,
