@@ -1,5 +1,7 @@
-"""The record that lives with a model folder: `stages.json` (how it was trained, every stage) and `scores.json`
-(what it scored, read by which judges, on which machine, with which command).
+"""The record that lives with a model folder: `stages.json` (how it was trained, every stage), `scores.json`
+(what it scored, read by which judges, on which machine, with which command) and, beside the shipped model only,
+`methods.json` (the training runs the project compared, each with its figures, source and why; its `format`
+field says its shape).
 
 stages.json is a list, oldest first, of {steps, images, batch_size, lr, lr_scheduler, timestep_sampling,
 min_snr_gamma, foreground_weight, precision (as run: bf16 only on CUDA), device, minutes, img_per_s, init_from,
@@ -13,10 +15,12 @@ import statistics
 from pathlib import Path
 
 from .config import Config
-from .errors import CheckpointError
+from .errors import CheckpointError, DataError
 
 STAGES_FILE = "stages.json"
 SCORES_FILE = "scores.json"
+METHODS_FILE = "methods.json"
+SHIPPED_METHODS = Path(__file__).resolve().parents[1] / "pretrained" / "quick" / METHODS_FILE
 
 
 # ---------------------------------------------------------------- stages.json
@@ -123,3 +127,97 @@ def results_table(scores: dict) -> str:
                  for v in (row["values"][s] for s in splits)]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- methods.json
+METHODS_SHAPE = ('{"splits": [...], "comparisons": [{"title", "measured", "source", "why", "rows": [{"method", '
+                 '"changed", "top_k"/"exact"/"duplicate": {split: figure}, "fid", "also", "note"}]}], '
+                 '"screening": {the same shape, rows may be []}}; its "format" field tells the rest')
+METHOD_SPLIT_FIGURES = ("top_k", "exact", "duplicate")
+COMPARISON_TEXT = ("title", "measured", "source", "why")
+
+
+def _is_figure(v) -> bool:
+    """A number, a string holding one, or (a screen's) [mean, min, max] of those."""
+    if isinstance(v, list):
+        return len(v) == 3 and all(_is_figure(x) for x in v)
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        return True
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _comparison_problem(c, splits: list, empty_ok: bool) -> str | None:
+    """What is wrong with one comparison of methods.json, None when nothing is."""
+    if not isinstance(c, dict):
+        return "is not an object"
+    missing = [k for k in COMPARISON_TEXT if not isinstance(c.get(k), str)]
+    if missing:
+        return f"has no text {', '.join(missing)}"
+    rows = c.get("rows")
+    if not isinstance(rows, list) or not (rows or empty_ok):
+        return "has no rows"
+    names = set()
+    for i, r in enumerate(rows, 1):
+        where = f"row {i}"
+        if not isinstance(r, dict) or not isinstance(r.get("method"), str) or not isinstance(r.get("changed"), str):
+            return f"{where} needs text method and changed"
+        if r["method"] in names:
+            return f"{where} repeats the method {r['method']!r}"
+        names.add(r["method"])
+        for key in METHOD_SPLIT_FIGURES:
+            v = r.get(key)
+            if v is None:
+                continue
+            if not isinstance(v, dict) or any(s not in splits for s in v):
+                return f"{where} ({r['method']}): {key} must map the splits {splits} to figures"
+            if not all(x is None or _is_figure(x) for x in v.values()):
+                return f"{where} ({r['method']}): {key} holds a value that is no figure"
+        if r.get("fid") is not None and not _is_figure(r["fid"]):
+            return f"{where} ({r['method']}): fid is no figure"
+        for key in ("also", "note"):
+            if r.get(key) is not None and not isinstance(r[key], str):
+                return f"{where} ({r['method']}): {key} must be text"
+    return None
+
+
+def read_methods(path: str | os.PathLike = SHIPPED_METHODS) -> dict:
+    """The methods compared by training runs (METHODS_SHAPE), checked; a DataError of one line naming the file and
+    what is wrong with it otherwise."""
+    try:
+        methods = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        reason = " ".join(str(e).split())
+        raise DataError(f"{path}: unreadable ({reason}); expected {METHODS_SHAPE}") from None
+    problem = None
+    if not isinstance(methods, dict):
+        problem = "not a JSON object"
+    elif not (isinstance(methods.get("splits"), list) and methods["splits"]
+              and all(isinstance(s, str) for s in methods["splits"])):
+        problem = "no list of splits"
+    elif not isinstance(methods.get("comparisons"), list) or not methods["comparisons"]:
+        problem = "no list of comparisons"
+    else:
+        blocks = [(f"comparison {i}", c, False) for i, c in enumerate(methods["comparisons"], 1)]
+        if methods.get("screening") is not None:
+            blocks.append(("screening", methods["screening"], True))
+        for name, c, empty_ok in blocks:
+            p = _comparison_problem(c, methods["splits"], empty_ok)
+            if p:
+                title = c.get("title") if isinstance(c, dict) else None
+                problem = f"{name}" + (f" ({title})" if isinstance(title, str) else "") + f" {p}"
+                break
+    if problem:
+        raise DataError(f"{path}: {problem}; expected {METHODS_SHAPE}")
+    return methods
+
+
+def method_comparisons(methods: dict) -> list[dict]:
+    """The comparisons to show: every one, then the screen once it has rows."""
+    screen = methods.get("screening")
+    return methods["comparisons"] + ([screen] if screen and screen.get("rows") else [])

@@ -1,8 +1,9 @@
 """The lab report of a run: report.html in the lab's structure, built from the run folder, and report.pdf via Chromium.
 
-Sections: introduction, implementation, hyperparameters, results, ablations, discussion. Everything comes from
-files the notebooks wrote (`metrics.json`, `images/`, `denoising.png`, `figures/`, `train/`), the data root's label
-files and ground-truth renders, and the model's saved config. The page is self-contained: images are inlined,
+Sections: introduction, implementation, hyperparameters, results, ablations, methods compared, discussion.
+Everything comes from files the notebooks wrote (`metrics.json`, `images/`, `denoising.png`, `figures/`, `train/`),
+the data root's label files and ground-truth renders, the model's saved config and, for the methods compared, the
+training runs the project measured (pretrained/quick/methods.json). The page is self-contained: images are inlined,
 equations are drawn to SVG by matplotlib (no MathJax, no network), paths are shown relative to the project.
 """
 from __future__ import annotations
@@ -23,14 +24,23 @@ from matplotlib.mathtext import math_to_image
 
 from .checker import JUDGES_DIFFER
 from .config import Config, config_from_dict, read_yaml
-from .data import PROJECT_ROOT, CourseData, is_synthetic
-from .errors import CheckpointError, ConfigError
+from .data import PROJECT_ROOT, CourseData, binding_stats, is_synthetic
+from .errors import CheckpointError, ConfigError, DataError
 from .evaluator import MISS_KINDS, SHIPPED_EVALUATOR, find_evaluator
 from .fidelity import RENDER_REFERENCE_NOTE
 from .io import atomic_path
 from .model import build_model, count_parameters
 from .plots import read_metrics
-from .records import SCORES_FILE, describe_stage, read_scores, read_stages, scores_provenance
+from .records import (
+    SCORES_FILE,
+    SHIPPED_METHODS,
+    describe_stage,
+    method_comparisons,
+    read_methods,
+    read_scores,
+    read_stages,
+    scores_provenance,
+)
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 GRID_SPLITS = ("test", "new_test")  # the lab's two graded 8x4 grids
@@ -331,7 +341,10 @@ def live_steps(run: Path, m3: dict, live_cfg: Config | None) -> str | None:
         return None
     t = live_cfg.train
     budget = f" or {fmt(t.max_minutes)} minutes, whichever came first" if t.max_minutes else ""
-    return f"{done} of {t.max_steps} planned steps{budget}"
+    start = m3.get("init_from") or t.init_from or "none"
+    start = "from random weights" if start == "none" else f"starting from {shown_path(Path(start))}"
+    recipe = f", recipe {shown_path(Path(m3['recipe']))}" if m3.get("recipe") else ""
+    return f"{done} of {t.max_steps} planned steps{budget}, {start}{recipe}"
 
 
 def provenance(data: CourseData, evaluator: Path | None, origin: str, model_dir: Path, stages: list[dict],
@@ -358,12 +371,17 @@ def provenance(data: CourseData, evaluator: Path | None, origin: str, model_dir:
             + "".join(f"<li>{i}</li>" for i in items) + "</ul></div>")
 
 
+def model_scores(model_dir: Path) -> dict | None:
+    """The graded model's scores.json, None when it has none or an unreadable one."""
+    try:
+        return read_scores(model_dir / SCORES_FILE) if (model_dir / SCORES_FILE).is_file() else None
+    except CheckpointError:
+        return None
+
+
 def reference_figures(model_dir: Path) -> list[str]:
     """The figures measured once for the graded model and shipped with it (its scores.json), labelled as such."""
-    try:
-        scores = read_scores(model_dir / SCORES_FILE) if (model_dir / SCORES_FILE).is_file() else None
-    except CheckpointError:
-        scores = None
+    scores = model_scores(model_dir)
     if scores is None:
         return []
     def cell(v):
@@ -391,8 +409,78 @@ def training_curve(curves: dict[str, list[dict]]) -> bytes | None:
     return fig_png(fig)
 
 
-def discussion(acc: dict, beyond: dict, breakdown: dict, ablation: dict, fid: dict) -> str:
-    """Sentences computed from the tables."""
+# ---------------------------------------------------------------- methods compared (pretrained/quick/methods.json)
+METHOD_FIGURES = (("top_k", "top-k"), ("exact", "exact scenes"), ("duplicate", "duplicates"))
+
+
+def figure_text(v, digits: int = 3) -> str:
+    """A figure of methods.json as written (a string keeps the log's digits), a number to `digits`, a screen's
+    [mean, min, max] as 'mean (min–max)', '—' where not measured."""
+    if v is None:
+        return "—"
+    if isinstance(v, list):
+        mean, lo, hi = (figure_text(x, digits) for x in v)
+        return f"{mean} ({lo}–{hi})"
+    return v if isinstance(v, str) else f"{v:.{digits}f}"
+
+
+def methods_table(comparison: dict, splits: list[str]) -> str:
+    """One comparison's rows: the run, what changed, its figures per file (splits in order), FID, the rest; a column
+    no row measured is left out; the shipped model's row in bold, a ground-truth row in italics."""
+    rows = comparison["rows"]
+    cols = [(k, name) for k, name in METHOD_FIGURES if any(r.get(k) for r in rows)]
+    fid = any(r.get("fid") is not None for r in rows)
+    also = any(r.get("also") or r.get("note") for r in rows)
+    head = ("<tr><th>run</th><th>what changed</th>" + "".join(f"<th>{esc(name)}</th>" for _, name in cols)
+            + ("<th>FID</th>" if fid else "") + ("<th>also measured</th>" if also else "") + "</tr>")
+    body = []
+    for r in rows:
+        cls = " class='shipped'" if r.get("shipped") else " class='ref'" if r.get("reference") else ""
+        cells = [f"<th>{esc(r['method'])}</th>", f"<td class='t c'>{esc(r['changed'])}</td>"]
+        cells += [f"<td>{esc(' / '.join(figure_text(r[k].get(s)) for s in splits) if r.get(k) else '—')}</td>"
+                  for k, _ in cols]
+        if fid:
+            cells.append(f"<td>{esc(figure_text(r.get('fid'), 1))}</td>")
+        if also:
+            cells.append(f"<td class='t a'>{esc('; '.join(x for x in (r.get('also'), r.get('note')) if x))}</td>")
+        body.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
+    return f"<table class='methods wide'><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def load_methods(path: str | os.PathLike = SHIPPED_METHODS) -> dict | str:
+    """The methods compared (read_methods), or the one-line reason the file cannot be read."""
+    try:
+        return read_methods(path)
+    except DataError as e:
+        return str(e)
+
+
+def methods_section(methods: dict | str, path: str | os.PathLike = SHIPPED_METHODS) -> list[str]:
+    """Section 6: the training runs the project compared (`load_methods(path)`), a table each with how it was
+    measured, where its figures come from and why it came out that way; the reason in one line if the file is
+    unreadable."""
+    s = ["<h2>6. Methods compared (training runs)</h2>"]
+    if isinstance(methods, str):
+        return s + [f"<p class='warn'>No comparison shown: {esc(methods)}</p>"]
+    splits = methods["splits"]
+    s.append(f"<p>{esc(methods.get('intro', ''))}</p><p class='note'>These are the project's runs, not this run's: "
+             f"every figure is copied from <code>benchmarks/LOG.md</code> into <code>{esc(shown_path(path))}</code>, "
+             f"and each table names its section. A figure cell reads {esc(' / '.join(splits))}; a bold row is the "
+             "shipped model, an italic one the ground truth.</p>")
+    for i, c in enumerate(method_comparisons(methods), 1):
+        s.append(keep(f"<h3>6.{i} {esc(c['title'])}</h3>",
+                      f"<p class='note'>{esc(c['measured'])} Source: {esc(c['source'])}.</p>",
+                      methods_table(c, splits), f"<p><b>Why.</b> {esc(c['why'])}</p>"))
+    return s
+
+
+def discussion(acc: dict, beyond: dict, breakdown: dict, ablation: dict, fid: dict, binding: dict | None = None,
+               pooled_labels: bool = True, patch: int = 1, methods_shown: bool = False,
+               grain_measured: bool = False) -> str:
+    """What the tables show and why, in sentences computed from them. `binding`: binding_stats of each test file's
+    label sets; `pooled_labels`: the labels reach the network as one vector (no object tokens); `patch`: the
+    UNet's patch size; `methods_shown`: section 6 is there to point to; `grain_measured`: the reference figures
+    have the shipped model's grain."""
     out = []
     mean_key = next((k for r in acc.values() for k in r if k.startswith("mean over")), None)
     if acc and mean_key:
@@ -404,20 +492,51 @@ def discussion(acc: dict, beyond: dict, breakdown: dict, ablation: dict, fid: di
         gaps = {s: r["evaluator ceiling"] - r[mean_key] for s, r in acc.items() if "evaluator ceiling" in r}
         if gaps:
             s = max(gaps, key=gaps.get)
-            out.append(f"The largest gap to the evaluator's ceiling is {gaps[s]:.3f} on <code>{esc(s)}</code>.")
+            out.append(f"The largest gap to the evaluator's ceiling is {gaps[s]:.3f} on <code>{esc(s)}</code>: the "
+                       "ceiling is what the same judge reads on ground-truth renders of the same label sets, so the "
+                       "gap is the model's, not the judge's.")
+    if binding:
+        worst = (min(beyond, key=lambda k: beyond[k]["exact scenes"]) if beyond else
+                 min(acc, key=lambda k: acc[k][mean_key]) if acc and mean_key else None)
+        if worst in binding and binding[worst]["repeated_colour"] == max(b["repeated_colour"] for b in binding.values()) \
+                and binding[worst]["repeated_colour"] > 0:
+            others = ", ".join(f"<code>{esc(k)}.json</code> {b['repeated_colour']}" for k, b in binding.items()
+                               if k != worst)
+            out.append(f"Why <code>{esc(worst)}.json</code> is the hardest" + (" on exact scenes" if beyond else "")
+                       + ": "
+                       f"{binding[worst]['repeated_colour']} of its {binding[worst]['sets']} label sets ask for two "
+                       f"objects of one colour ({others})."
+                       + (" The labels reach the network as one multi-hot vector added to its time embedding, a sum "
+                          "in which a shared colour belongs to no object in particular, so a brown sphere with a "
+                          "brown cylinder comes out as two brown spheres, one fused blob, or with a third object "
+                          "pushed out: the duplicates and missing objects of the checker's table."
+                          if pooled_labels else
+                          " Telling two objects of one colour apart is the model's weakest skill: such pairs come out "
+                          "twice, fused, or with a third object pushed out."))
     if beyond and acc and mean_key:
         s = min(beyond, key=lambda k: beyond[k]["exact scenes"])
         out.append(f"Top-k overstates how faithful the scenes are: on <code>{esc(s)}</code> the count checker reads "
                    f"only {beyond[s]['exact scenes']:.0%} of the images as exactly the requested objects, while top-k "
                    f"reads {acc[s][mean_key]:.3f}; {beyond[s]['with a duplicate']:.0%} hold a duplicate and "
-                   f"{beyond[s]['with an unrequested object']:.0%} an object nobody asked for.")
+                   f"{beyond[s]['with an unrequested object']:.0%} an object nobody asked for. The evaluator reads "
+                   "which of the 24 objects are present, not how many: a duplicate costs nothing under top-k, and an "
+                   "object drawn in place of a requested one costs one label of k.")
     if breakdown:
         kinds = {k: sum(b.get(k, 0) for b in breakdown.values()) for k in MISS_KINDS}
         total = sum(kinds.values())
         if total:
             top = max(kinds, key=kinds.get)
+            why = {"wrong shape": " Shape is told by a few pixels of outline at 64×64, and a small object behind a "
+                                  "larger one shows less, while colour fills the whole object; the evaluator's own "
+                                  "misses on ground-truth renders are wrong shapes too (<code>benchmarks/LOG.md</code>, "
+                                  "<i>The judges' ceilings</i>).",
+                   "wrong colour": " A wrong colour is mostly a binding error: every requested colour is in the "
+                                   "label vector, and one lands on the wrong object, often as a duplicate of "
+                                   "another (the checker's column of the worst-images table).",
+                   "missing": " A requested object not drawn at all is most often one of two objects of one colour, "
+                              "fused into the other or pushed out of the scene."}.get(top, "")
             out.append(f"Of the evaluator's {total} top-k misses over all files, {kinds[top]} are <i>{top}</i> "
-                       f"({', '.join(f'{k} {v}' for k, v in kinds.items())}).")
+                       f"({', '.join(f'{k} {v}' for k, v in kinds.items())}).{why}")
     if ablation:
         def mean(key_start):
             vals = [v for r in ablation.values() for k, v in r.items() if k.startswith(key_start)]
@@ -426,12 +545,30 @@ def discussion(acc: dict, beyond: dict, breakdown: dict, ablation: dict, fid: di
         if None not in (g, ng, nl):
             out.append(f"Averaged over the files, guidance moves accuracy from {ng:.3f} (w = 1) to {g:.3f}, and "
                        f"without labels the model scores {nl:.3f}: the label embedding carries "
-                       f"{ng - nl:+.3f} and guidance {g - ng:+.3f}.")
+                       f"{ng - nl:+.3f} and guidance {g - ng:+.3f}. Without labels the model draws a scene of random "
+                       "objects, so its top-k is near chance; guidance extrapolates from the unconditional "
+                       "prediction past the conditional one, which draws the requested objects more firmly"
+                       + (", at a price in duplicates and FID that top-k does not show (section 6, <i>Guidance "
+                          "scale</i>)." if methods_shown else "."))
     if fid and "fid" in fid and "floor" in fid:
         out.append(f"FID on the evaluator's features is {fid['fid']:.1f} against a floor of "
                    f"{fid['floor']['fid']:.1f} for two renders of the same label sets: "
-                   f"{fid['fid'] / max(fid['floor']['fid'], 1e-9):.1f}× the floor.")
-    return "<h2>6. Discussion</h2>" + "".join(f"<p>{s}</p>" for s in out)
+                   f"{fid['fid'] / max(fid['floor']['fid'], 1e-9):.1f}× the floor. Those features encode which "
+                   "objects an image holds, so every duplicated or missing object moves it"
+                   + (f"; texture adds to it, a faint grain at the {patch}-pixel period of the patches the UNet "
+                      "draws" + (" (the reference figures' grain row)" if grain_measured else "")
+                      + (", which a pixel head grafted onto the model did not remove (section 6)" if methods_shown
+                         else "") if patch > 1 else "") + ".")
+    if methods_shown:
+        out.append("The training runs of section 6 say why the shipped model is as it is. The loss weights that top-k "
+                   "rewarded on the small 32×32 net (timesteps drawn by their min-SNR weight, object pixels weighed "
+                   "more) starve the high-noise steps where a scene's number of objects is decided, and at a GPU's "
+                   "scale they drew duplicates that top-k cannot see; fine-tuning with every timestep and pixel "
+                   "weighed alike removed most of them, and a longer fine-tune with a decaying learning rate more. "
+                   "What remains, two objects of one colour, did not move when object tokens were grafted onto the "
+                   "model: the limit is how the labels are bound to objects, which more of the same training moves "
+                   "only slowly.")
+    return "<h2>7. Discussion</h2>" + "".join(f"<p>{s}</p>" for s in out)
 
 
 CSS = """
@@ -452,6 +589,10 @@ padding:1px 2px}.missing{display:inline-block;height:64px;background:#eee}
 code{background:#f4f4f4;padding:0 .2rem}
 .provenance{border:1px solid #bbb;background:#fafafa;padding:.2rem 1rem;margin:1rem 0}.provenance h2{margin-top:.6rem}
 .warn{color:#a00;font-weight:600}
+table.methods{font-size:.78rem}table.methods th,table.methods td.t{text-align:left}
+table.methods td{white-space:nowrap}table.methods td.t{white-space:normal}table.methods tbody th{font-weight:400}
+table.methods td.c{min-width:14em}table.methods td.a{min-width:8em}
+table.methods tr.shipped th,table.methods tr.shipped td{font-weight:700}table.methods tr.ref{font-style:italic;color:#555}
 @page{size:A4;margin:14mm}
 @media print{body{margin:0;max-width:none;font-size:10pt}h1,h2,h3,h4,.lead{break-after:avoid}
 h2{margin-top:1.2rem}figure,table,.keep,.eq,li,tr{break-inside:avoid}table{width:100%;margin-left:0}
@@ -648,8 +789,9 @@ def ablations_section(run: Path, data: CourseData, m4: dict, m5: dict, shipped: 
     return s
 
 
-def build_report(run_dir: str | os.PathLike, data_root: str | os.PathLike) -> str:
-    """The report's HTML for a finished run."""
+def build_report(run_dir: str | os.PathLike, data_root: str | os.PathLike,
+                 methods_path: str | os.PathLike = SHIPPED_METHODS) -> str:
+    """The report's HTML for a finished run; section 6 from `methods_path` (the shipped methods.json)."""
     run, data = Path(run_dir), CourseData(data_root)
     metrics = read_json(run / "metrics.json")
     m1, m3, m4, m5 = (metrics.get(k, {}) for k in ("01_data", "03_training", "04_sampling", "05_results"))
@@ -729,7 +871,15 @@ def build_report(run_dir: str | os.PathLike, data_root: str | os.PathLike) -> st
     s += grids_section(run, data, m4, shipped)
     s += errors_section(m5)
     s += ablations_section(run, data, m4, m5, shipped)
-    s.append(discussion(acc, beyond, m5.get("breakdown", {}), m5.get("ablation", {}), fid))
+    methods = load_methods(methods_path)
+    s += methods_section(methods, methods_path)
+    binding = {sp: binding_stats(data.label_sets(sp)) | {"sets": len(data.label_sets(sp))} for sp in data.splits()}
+    scores = model_scores(model_dir)
+    s.append(discussion(acc, beyond, m5.get("breakdown", {}), m5.get("ablation", {}), fid, binding,
+                        pooled_labels=cfg is None or cfg.model.object_tokens is None,
+                        patch=(cfg.model.patch_size or 1) if cfg is not None else 1,
+                        methods_shown=isinstance(methods, dict),
+                        grain_measured=scores is not None and "grain" in scores["figures"]))
     if live_cfg is not None and cfg is not None and shipped:
         s.append("<p class='note'>The live model of this run uses the same profile's network; its training budget "
                  f"here was {live_cfg.train.max_steps} steps or {fmt(live_cfg.train.max_minutes)} minutes.</p>")

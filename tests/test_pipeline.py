@@ -75,7 +75,8 @@ def test_report_follows_the_lab_structure_and_stands_alone(tiny_run, tiny_data):
     assert r.returncode == 0
     report = (run_dir / "report.html").read_text()
     for section in ("1. Introduction", "2. Implementation", "3. Hyperparameters", "4. Results", "5. Ablations",
-                    "6. Discussion", "Training curve", "The 8×4 grids", "Denoising process", "ground truth"):
+                    "6. Methods compared", "7. Discussion", "Training curve", "The 8×4 grids", "Denoising process",
+                    "ground truth"):
         assert section in report, section
     assert "distance to the synthetic renderer" not in report  # synthetic data: its renders are the ground truth
     assert report.count("<svg") >= 4  # equations drawn offline, no MathJax
