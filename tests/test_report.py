@@ -142,3 +142,19 @@ def test_the_report_reads_on_paper(fake_run, course_dir):
     # KID: its std and a negative floor explained; where the sampler and guidance tables come from
     assert "± 0.0020" in html and "slightly negative" in html
     assert "All on <code>test.json</code>, sampling seed 0" in html and "Best w on this seed" in html
+
+
+def test_the_report_compares_methods_from_the_shipped_file_and_explains(fake_run, course_dir, tmp_path):
+    from lab6.records import SHIPPED_METHODS, read_methods
+
+    html = R.build_report(fake_run, course_dir)
+    heads = ["5. Ablations", "6. Methods compared (training runs)", "7. Discussion"]
+    assert [html.index(h) for h in heads] == sorted(html.index(h) for h in heads)
+    for c in read_methods(SHIPPED_METHODS)["comparisons"]:
+        assert R.esc(c["title"]) in html and all(f"<th>{R.esc(r['method'])}</th>" in html for r in c["rows"])
+    assert "The training runs of section 6 say why" in html
+    bad = tmp_path / "methods.json"
+    bad.write_text('{"splits": ["test"]}')
+    html = R.build_report(fake_run, course_dir, methods_path=bad)
+    assert f"No comparison shown: {bad}: no list of comparisons" in html and "7. Discussion" in html
+    assert "The training runs of section 6" not in html
