@@ -25,7 +25,7 @@ from .config import (
     check_finite,
     check_guidance_scale,
 )
-from .errors import ConfigError, Lab6Error
+from .errors import CheckpointError, ConfigError, Lab6Error
 
 TRUST_HELP = ("load evaluator checkpoints that pickle Python objects besides tensors (runs their code: only for "
               "files you trust; also LAB6_TRUST_CHECKPOINTS=1)")
@@ -44,7 +44,15 @@ def _add_synth(sub) -> None:
     p.add_argument("--out", required=True, help="output folder, e.g. data/synth")
     p.add_argument("--scenes", type=int, default=6000, help="training scenes; each gives 3 images (default 6000)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed and options give identical files")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    p.add_argument("--size", default="64", metavar="SIDE|WxH",
+                   help="image side in pixels, or WIDTHxHEIGHT such as 320x240 (the course's) (default 64)")
+    p.add_argument("--look", default="default", metavar="NAME",
+                   help="the renderer's look: default (what the shipped models know) or second (another light, "
+                        "camera height, object size and share of metal: a stand-in for images unlike the default)")
+    p.add_argument("--rgba", action="store_true", help="write RGBA PNGs (alpha opaque), as the course's files are")
+    p.add_argument("--evaluator-from", default=None, metavar="CHECKPOINT",
+                   help="copy this evaluator checkpoint into --out as checkpoint.pth, the course's evaluator's name "
+                        "(e.g. pretrained/evaluator/checkpoint.pth): that root's judge, so `lab6 run` trains none")
     p.add_argument("--workers", type=int, default=0, help="processes (default 0 = all cores)")
     p.add_argument("--all-pairs", action="store_true",
                    help="let training scenes show every object pair (an evaluator's training set; "
@@ -52,15 +60,26 @@ def _add_synth(sub) -> None:
     p.add_argument("--like", default=None, metavar="TRAIN_JSON",
                    help="render exactly the file names and label sets of an existing train.json "
                         "(--scenes is then ignored; its test.json/new_test.json are reused when beside it)")
+    _add_trust(p)
     p.set_defaults(func=_cmd_synth)
 
 
 def _cmd_synth(args) -> int:
-    from .synth import write_dataset
-    info = write_dataset(args.out, scenes=args.scenes, seed=args.seed, size=args.size,
-                         workers=args.workers, like=args.like, all_pairs=args.all_pairs)
-    print(f"{info['out']}: {info['train_images']} training images in {info['scenes']} scenes, "
-          f"test sets {info['test_sets']}; rendered {info['rendered']} of {info['images']} images now")
+    """`lab6 synth`: check the options (and the --evaluator-from checkpoint), render, print a summary."""
+    from .synth import look_config, write_dataset
+    look_config(args.look)  # a bad name fails before torch loads
+    if args.evaluator_from is not None and Path(args.evaluator_from).is_file():  # write_dataset names a missing one
+        from .evaluator import load_checkpoint
+        try:
+            load_checkpoint(args.evaluator_from)  # a foreign file fails before anything is written
+        except CheckpointError as e:
+            raise CheckpointError(f"--evaluator-from {e}") from None
+    info = write_dataset(args.out, scenes=args.scenes, seed=args.seed, size=args.size, workers=args.workers,
+                         like=args.like, all_pairs=args.all_pairs, look=args.look, rgba=args.rgba,
+                         evaluator=args.evaluator_from)
+    judge = f"; evaluator {info['evaluator']}" if info["evaluator"] else ""
+    print(f"{info['out']}: {info['train_images']} training images in {info['scenes']} scenes ({info['look']} look), "
+          f"test sets {info['test_sets']}; rendered {info['rendered']} of {info['images']} images now{judge}")
     return 0
 
 
@@ -306,6 +325,12 @@ def _add_run(sub) -> None:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="training time budget of notebook 03; the first of it and --max-steps ends training "
                         "(default: the profile's)")
+    p.add_argument("--init-from", default=None, metavar="PATH|none",
+                   help="weights notebook 03 starts from: an export, or 'none' for random weights (default: quick "
+                        "fine-tunes pretrained/quick on data other than the default renders; else random weights)")
+    p.add_argument("--recipe", default=None, metavar="YAML",
+                   help="notebook 03's training settings over the profile (default: configs/<profile>-live.yaml "
+                        "from random weights, configs/<profile>-finetune.yaml from a model, when they exist)")
     p.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="sampler of notebooks 04-05 (default: the model's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps of notebooks 04-05 (default: the model's)")
@@ -324,7 +349,7 @@ def _cmd_run(args) -> int:
     run_pipeline(RunConfig(profile=args.profile or DEFAULT_PROFILE, model=args.model, data_root=args.data_root,
                            run_dir=args.out, device=args.device, force=args.force, max_steps=args.max_steps,
                            max_minutes=args.max_minutes, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                           ddpm_1000=not args.no_ddpm_1000))
+                           ddpm_1000=not args.no_ddpm_1000, init_from=args.init_from, recipe=args.recipe))
     return 0
 
 

@@ -29,9 +29,9 @@ _ALBEDO = {c: tuple((v / 255.0) ** 2.2 for v in rgb) for c, rgb in L.PALETTE.ite
 class SceneRender:
     """The images of a scene after each added object, and (optionally) per-object coverage at output size."""
 
-    images: list[np.ndarray]           # uint8 (R, R, 3), image k holds objects[: k + 1]
+    images: list[np.ndarray]           # uint8 (H, W, 3) (H = W = R unless cfg.width), image k holds objects[: k + 1]
     objects: list[SceneObject]
-    coverage: list[np.ndarray] | None  # image k: float (k + 1, R, R), fraction of each pixel showing object i
+    coverage: list[np.ndarray] | None  # image k: float (k + 1, H, W), fraction of each pixel showing object i
 
 
 _LUT = np.round(255 * (np.arange(4096) / 4095.0) ** (1 / 2.2)).astype(np.uint8)
@@ -42,20 +42,21 @@ class _SceneRenderer:
 
     def __init__(self, rng: np.random.Generator, cfg: SynthConfig):
         self.rng, self.cfg = rng, cfg
-        self.n, self.s = cfg.size, cfg.supersample
+        (self.n, self.w), self.s = cfg.shape, cfg.supersample  # image height and width
         self.cam = sample_camera(rng, cfg)
         self.lights = sample_lights(rng, cfg, self.cam)
-        self.grid = camera_grid(self.n * self.s, self.cam.tan_half)
-        self.area_scale = (self.n / 64.0) ** 2
+        self.tint = tuple(float(g) for g in cfg.key_rgb)  # the key light's colour
+        self.grid = camera_grid(self.n * self.s, self.cam.tan_half, self.w * self.s)
+        self.area_scale = (self.n / 64.0) * (self.w / 64.0)
         self.hits: list[ObjectHits] = []
-        self.depth = np.full((self.n * self.s,) * 2, INF, F32)  # scratch z-buffer of the object layer
+        self.depth = np.full((self.n * self.s, self.w * self.s), INF, F32)  # scratch z-buffer of the object layer
 
     # -- placement
     def _sample_object(self, name: str) -> SceneObject:
         color, shape = name.split()
         rng, cfg = self.rng, self.cfg
         size = SIZES[int(rng.integers(2))]
-        material = MATERIALS[int(rng.integers(2))]
+        material = _draw_material(rng, cfg.metal_share)
         x, y = (float(v) for v in rng.uniform(-cfg.arena, cfg.arena, 2))
         theta = float(rng.uniform(0, math.pi / 2)) if shape == "cube" else float(rng.uniform(0, 2 * math.pi))
         radius = cfg.radius_large if size == "large" else cfg.radius_small
@@ -66,7 +67,7 @@ class _SceneRenderer:
             o = h.ob
             if math.hypot(o.x - ob.x, o.y - ob.y) < o.footprint + ob.footprint + self.cfg.gap:
                 return False
-        return in_frame(ob, self.cam, self.n, self.cfg.margin_px * self.n / 64)
+        return in_frame(ob, self.cam, self.n, self.cfg.margin_px * self.n / 64, self.w)
 
     def _visible_counts(self, hits: list[ObjectHits]) -> list[int]:
         """Supersamples where each object is the nearest surface, with all `hits` in the scene."""
@@ -85,7 +86,7 @@ class _SceneRenderer:
             ob = self._sample_object(name)
             if not self._fits(ob):
                 continue
-            rect = screen_rect(ob, self.cam, self.n, self.s)
+            rect = screen_rect(ob, self.cam, self.n, self.s, self.w)
             if rect is None:
                 continue
             cand = ObjectHits(ob, rect, self.cam, self.grid)
@@ -101,7 +102,7 @@ class _SceneRenderer:
     # -- shading
     def _shade_floor(self):
         n, cam, lt = self.n, self.cam, self.lights
-        dx, dy, dz = world_dirs(cam, camera_grid(n, cam.tan_half))
+        dx, dy, dz = world_dirs(cam, camera_grid(n, cam.tan_half, self.w))
         t = -cam.pos[2] / np.minimum(dz, -1e-4)
         self.px, self.py = cam.pos[0] + t * dx, cam.pos[1] + t * dy
         fall = 1.0 / (1.0 + 0.006 * (self.px * self.px + self.py * self.py))  # light pool around the arena
@@ -111,7 +112,7 @@ class _SceneRenderer:
 
     def _floor_shadow(self, ob: SceneObject):
         """(slice, visibility) of the key light on the floor around the shadow of `ob` (1 ray per pixel)."""
-        key, n = self.lights.key, self.n
+        key, n, w = self.lights.key, self.n, self.w
         R = ob.bound_radius + 0.4
         k = ob.zc / key[2]
         ax, ay = ob.x - k * key[0], ob.y - k * key[1]  # centre of the shadow ellipse on the floor
@@ -126,7 +127,7 @@ class _SceneRenderer:
             cols.append(c)
             rows.append(r)
         r0, r1 = max(int(math.floor(min(rows) * n)), 0), min(int(math.ceil(max(rows) * n)), n)
-        c0, c1 = max(int(math.floor(min(cols) * n)), 0), min(int(math.ceil(max(cols) * n)), n)
+        c0, c1 = max(int(math.floor(min(cols) * w)), 0), min(int(math.ceil(max(cols) * w)), w)
         if r1 <= r0 or c1 <= c0:
             return None
         sl = (slice(r0, r1), slice(c0, c1))
@@ -181,8 +182,8 @@ class _SceneRenderer:
         return key_visibility(b, *self.hits[i].points, key)
 
     def render(self, coverage: bool = False) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-        """The images after each added object (uint8 (R, R, 3)) and, if asked, per-object pixel coverage."""
-        n, s = self.n, self.s
+        """The images after each added object (uint8 (H, W, 3)) and, if asked, per-object pixel coverage."""
+        n, w, s, tint = self.n, self.w, self.s, self.tint
         self._shade_floor()
         for i, h in enumerate(self.hits):
             self._shade_object(h)
@@ -191,16 +192,19 @@ class _SceneRenderer:
                     vis = self._object_shadows(i, j)
                     if vis is not None:
                         h.shadows[j] = vis
-        floor_vis = np.ones((n, n), F32)
+        floor_vis = np.ones((n, w), F32)
         depth = self.depth
-        layer = [np.zeros((n * s, n * s), F32) for _ in range(3)]
+        layer = [np.zeros((n * s, w * s), F32) for _ in range(3)]
         images, covers = [], [] if coverage else None
         for k, hk in enumerate(self.hits):
             fs = self._floor_shadow(hk.ob)
             if fs is not None:
                 floor_vis[fs[0]] *= fs[1]
-            floor = self.floor_amb + self.floor_key * floor_vis  # (R, R) linear gray
-            out = [floor, floor.copy(), floor.copy()]
+            if tint == (1.0, 1.0, 1.0):
+                floor = self.floor_amb + self.floor_key * floor_vis  # (H, W) linear gray
+                out = [floor, floor.copy(), floor.copy()]
+            else:
+                out = [self.floor_amb + (self.floor_key * g) * floor_vis for g in tint]
             hits = self.hits[:k + 1]
             r0 = min(h.rect[0] for h in hits)
             r1 = max(h.rect[1] for h in hits)
@@ -222,7 +226,8 @@ class _SceneRenderer:
                 d[nearer] = h.t[nearer]
                 alb = _ALBEDO[h.ob.color]
                 for c in range(3):
-                    col = alb[c] * (h.base + lit) + spec
+                    col = alb[c] * (h.base + lit) + spec if tint[c] == 1.0 else \
+                        alb[c] * (h.base + tint[c] * lit) + tint[c] * spec
                     layer[c][h.sl][nearer] = col[nearer]
             hb, wb = (r1 - r0) // s, (c1 - c0) // s
             pb = (slice(r0 // s, r1 // s), slice(c0 // s, c1 // s))
@@ -235,13 +240,20 @@ class _SceneRenderer:
             idx = (np.clip(lin, 0, 1) * 4095 + 0.5).astype(np.intp)
             images.append(_LUT[idx])
             if coverage:
-                cv = np.zeros((k + 1, n, n), F32)
+                cv = np.zeros((k + 1, n, w), F32)
                 for i, h in enumerate(hits):
-                    mine = np.zeros((n * s, n * s), bool)
+                    mine = np.zeros((n * s, w * s), bool)
                     mine[h.sl] = h.hit & (h.t <= depth[h.sl])
-                    cv[i] = mine.reshape(n, s, n, s).sum(axis=(1, 3)) * inv
+                    cv[i] = mine.reshape(n, s, w, s).sum(axis=(1, 3)) * inv
                 covers.append(cv)
         return images, covers
+
+
+def _draw_material(rng: np.random.Generator, metal_share: float) -> str:
+    """'metal' with chance `metal_share`; at 0.5 the draw of the default renders (one integer), keeping their bytes."""
+    if metal_share == 0.5:
+        return MATERIALS[int(rng.integers(2))]
+    return MATERIALS[int(rng.random() < metal_share)]
 
 
 def render_scene(names: list[str], rng: np.random.Generator, cfg: SynthConfig | None = None,
@@ -265,8 +277,11 @@ def render_labels(label_sets: list[list[str]], seed: int = 0, size: int = 64) ->
     return np.stack(out)
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 (R, R, 3) image."""
+def encode_png(image: np.ndarray, rgba: bool = False) -> bytes:
+    """PNG bytes of a uint8 (H, W, 3) image; `rgba` adds an opaque alpha channel (as the course's files have)."""
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=3)  # 40% faster than 6, files ~15% larger
+    im = Image.fromarray(image)
+    if rgba:
+        im.putalpha(255)
+    im.save(buf, format="PNG", compress_level=3)  # 40% faster than 6, files ~15% larger
     return buf.getvalue()

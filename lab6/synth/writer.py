@@ -23,9 +23,11 @@ from ..errors import ConfigError, DataError, LabelError
 from ..io import check_writable_dir, ensure_writable_dir, write_bytes, write_json
 from .design import sample_held_out, sample_new_test, sample_test, sample_train_labels, unseen_from_train
 from .render import RENDER_VERSION, encode_png, render_scene
-from .scene import S_GT, S_LABELS, S_RENDER, SynthConfig, scene_rng
+from .scene import S_GT, S_LABELS, S_RENDER, SynthConfig, look_config, scene_rng
 
 _COURSE_NAME = re.compile(r"^(?P<scene>.+)_(?P<step>\d+)\.png$")
+_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+EVALUATOR_NAME = "checkpoint.pth"  # the course's evaluator beside its data; `evaluator=` copies one there
 
 
 @dataclass
@@ -91,7 +93,7 @@ def render_job(args) -> int:
     for rel, step in job.files:
         path = os.path.join(out, rel)
         if not os.path.exists(path):
-            write_bytes(path, encode_png(res.images[step]))
+            write_bytes(path, encode_png(res.images[step], rgba=cfg.rgba))
             written += 1
     return written
 
@@ -131,6 +133,40 @@ def _check_int(name: str, value, low: int, hint: str) -> int:
     return int(value)
 
 
+def parse_size(size) -> tuple[int, int]:
+    """(height, width) of `--size`: a side (64, '64') or 'WIDTHxHEIGHT' ('320x240', the course's); width 0 = square."""
+    if isinstance(size, str):
+        m = _SIZE.match(size)
+        if m:
+            width, height = int(m.group(1)), int(m.group(2))
+            if min(width, height) < 16 or max(width, height) > 1024:
+                raise ConfigError(f"--size {size}: width and height must be 16 to 1024 px (e.g. 320x240)")
+            return height, 0 if width == height else width
+        if not size.strip().isdigit():
+            raise ConfigError(f"--size {size!r}: use a side in pixels such as 64, or WIDTHxHEIGHT such as 320x240")
+        size = int(size)
+    side = _check_int("size", size, 16, "images must be at least 16 px wide (e.g. 64)")
+    if side > 1024:
+        raise ConfigError(f"--size {side}: at most 1024 px is supported")
+    return side, 0
+
+
+def _check_evaluator(evaluator: str | os.PathLike | None, out: Path) -> bytes | None:
+    """The bytes of the evaluator checkpoint to copy into `out`; refuses a missing file or another one already there."""
+    if evaluator is None:
+        return None
+    path = Path(evaluator)
+    if not path.is_file():
+        raise DataError(f"--evaluator-from {path}: file not found; give an evaluator checkpoint such as "
+                        f"pretrained/evaluator/checkpoint.pth")
+    data = path.read_bytes()
+    there = out / EVALUATOR_NAME
+    if there.exists() and (not there.is_file() or there.read_bytes() != data):
+        raise ConfigError(f"--evaluator-from {path}: {there} already holds another evaluator; use another --out "
+                          f"or delete it")
+    return data
+
+
 # ---------------------------------------------------------------- planning a dataset
 def _plan_scenes(scenes: int, seed: int, all_pairs: bool):
     """Training scenes of `scenes` random label sets (no held-out pair unless `all_pairs`) and the three test sets.
@@ -168,9 +204,12 @@ def _plan_like(like: Path, seed: int):
     return train, jobs, splits, held, unseen_how
 
 
-def _state(seed: int, cfg: SynthConfig, scenes: int | None, like: Path | None, all_pairs: bool) -> dict:
-    """What decides a folder's bytes: renderer version, seed, settings and the scene list."""
-    st = {"renderer": RENDER_VERSION, "seed": seed, "config": asdict(cfg)}
+def _state(seed: int, cfg: SynthConfig, scenes: int | None, like: Path | None, all_pairs: bool,
+           look: str = "default") -> dict:
+    """What decides a folder's bytes: renderer version, seed, settings (and their look's name) and the scene list."""
+    st = {"renderer": RENDER_VERSION, "seed": seed, "config": cfg.record()}
+    if look != "default":
+        st["look"] = look
     if like is None:
         st["scenes"] = scenes
     else:
@@ -200,27 +239,36 @@ def _claim_folder(out: Path, state: dict) -> None:
 
 
 # ---------------------------------------------------------------- writing it
-def write_dataset(out: str | os.PathLike, scenes: int = 6000, seed: int = 0, size: int = 64, workers: int = 0,
+def write_dataset(out: str | os.PathLike, scenes: int = 6000, seed: int = 0, size: int | str = 64, workers: int = 0,
                   like: str | os.PathLike | None = None, progress: bool = True,
-                  cfg: SynthConfig | None = None, all_pairs: bool = False) -> dict:
+                  cfg: SynthConfig | None = None, all_pairs: bool = False, look: str = "default",
+                  rgba: bool = False, evaluator: str | os.PathLike | None = None) -> dict:
     """Render a CLEVR-style dataset in the iCLEVR layout under `out`; returns a summary dict.
 
     `all_pairs=True` lets training scenes show every object pair (the test files stay the same): a training
     set for an evaluator, which must recognise the pairs that unseen_test asks for.
+
+    `look` names the renderer's settings (scene.LOOKS; `cfg` instead gives all but size and rgba), `size` is a side or
+    'WIDTHxHEIGHT', `rgba` writes RGBA PNGs, and `evaluator` is copied to out/checkpoint.pth (the course's name):
+    `look="second", size="320x240", rgba=True, evaluator=<the shipped one>` stands in for the course's data.
 
     Writes iclevr/*.png and <split>_gt/<i>.png first, then objects.json, the test files and train.json last
     (so train.json's presence means the render finished). Files already present are kept: an interrupted
     run, re-run with the same options, renders only what is missing.
     """
     seed = _check_int("seed", seed, 0, "use a non-negative integer")
-    size = _check_int("size", size, 16, "images must be at least 16 px wide (e.g. 64)")
+    height, width = parse_size(size)
     workers = _check_int("workers", workers, 0, "use 0 (all cores) or a positive number of processes")
-    cfg = SynthConfig(**{**asdict(cfg), "size": size}) if cfg is not None else SynthConfig(size=size)
+    shape = {"size": height, "width": width, "rgba": bool(rgba)}
+    if cfg is not None and look != "default":
+        raise ConfigError(f"--look {look!r}: `cfg` gives every setting already; leave look out")
+    cfg = look_config(look, **shape) if cfg is None else SynthConfig(**{**asdict(cfg), **shape})
     cfg.check()
     like_path = Path(like) if like is not None else None
     if like_path is None:
         scenes = _check_int("scenes", scenes, 1, "render at least 1 scene (each gives 3 images)")
     check_writable_dir(out)  # created only once the plan below has checked every input
+    judge = _check_evaluator(evaluator, Path(out))
 
     # plan: label sets and jobs
     if like_path is not None:
@@ -233,19 +281,22 @@ def write_dataset(out: str | os.PathLike, scenes: int = 6000, seed: int = 0, siz
 
     # refuse to mix renders made with other options into one folder
     out = ensure_writable_dir(out)
-    _claim_folder(out, _state(seed, cfg, None if like_path else scenes, like_path, all_pairs))
+    _claim_folder(out, _state(seed, cfg, None if like_path else scenes, like_path, all_pairs, look))
 
     # render what is missing
     for sub in ["iclevr"] + [f"{s}_gt" for s in TEST_SPLITS]:
         (out / sub).mkdir(exist_ok=True)
     _, written, nproc = render_jobs(jobs, seed, cfg, out, workers, progress, desc=f"synth {out}")
 
-    # label files last: their presence means every image is there
+    # the evaluator, then the label files last: their presence means everything is there
+    if judge is not None and not (out / EVALUATOR_NAME).exists():
+        write_bytes(out / EVALUATOR_NAME, judge)
     write_json(out / "objects.json", L.OBJECT_TO_INDEX)
     for split in TEST_SPLITS:
         write_json(out / f"{split}.json", splits[split])
     write_json(out / "train.json", train)
     return {"out": str(out), "train_images": len(train), "scenes": len([j for j in jobs if j.key[0] == S_RENDER]),
             "test_sets": {s: len(splits[s]) for s in TEST_SPLITS}, "images": sum(len(j.files) for j in jobs),
-            "rendered": written, "workers": nproc, "unseen_definition": unseen_how,
+            "rendered": written, "workers": nproc, "unseen_definition": unseen_how, "look": look,
+            "evaluator": str(out / EVALUATOR_NAME) if judge is not None else None,
             "held_out_pairs": [] if all_pairs else sorted(sorted(p) for p in held)}
