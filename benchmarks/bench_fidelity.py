@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             images = torch.cat(chunks)
             label = f"{name or 'default'}@{w if w is not None else pipe.config.default_guidance_scale:g}"
             record(model, label, images, seconds)
-            tag = f"{Path(model).name}-{label}".replace("@", "-w").replace("+", "p")
+            folder = Path(model)  # an export folder named pipeline/ or fp16/ is named by its run
+            name = f"{folder.parent.name}-{folder.name}" if folder.name in ("pipeline", "fp16") else folder.name
+            tag = f"{name}-{label}".replace("@", "-w").replace("+", "p")
             figure(images[:32], real[:32], all_sets[:32], out / f"{tag}.png")
     load["end"] = load_average()
     results["load_average"] = load
