@@ -95,6 +95,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     checkpoints_total_limit: int | None = 2
     validate_every: int = 200  # 0: only at the end
+    validate_at: tuple[int, ...] = ()  # steps validated besides every validate_every-th (e.g. early, log-spaced)
     validate_num: int = 32  # label sets per split in the fixed-seed validation grid; 0: no validation
     validate_splits: tuple[str, ...] = ("test", "new_test")
     evaluator: str | None = None  # None: <data_root>/checkpoint.pth or evaluator.pth, else lab6.evaluator's default
@@ -287,6 +288,8 @@ def validate_config(cfg: Config, where: str = "") -> Config:
     for name in ("lr_warmup_steps", "validate_every", "validate_num", "grad_clip", "weight_decay"):
         if getattr(t, name) < 0:
             bad(f"train.{name}", f"must be >= 0, got {getattr(t, name)}")
+    if any(not isinstance(k, int) or k <= 0 for k in t.validate_at):
+        bad("train.validate_at", f"expected steps > 0, got {list(t.validate_at)}")
     if t.num_threads is not None and t.num_threads <= 0:
         bad("train.num_threads", f"must be > 0 (or empty for torch's default), got {t.num_threads}")
     if t.checkpoints_total_limit is not None and t.checkpoints_total_limit < 1:

@@ -209,13 +209,19 @@ def steps_in_budget(img_per_s: float, batch_size: int, minutes: float) -> int:
     return max(1, int(minutes * 60 * (1 - VALIDATION_SHARE) * LOOP_SHARE * img_per_s / batch_size))
 
 
+def validation_steps(steps: int, points: int = 5) -> tuple[int, ...]:
+    """`points` - 1 log-spaced steps before `steps` (1/16, 1/8, 1/4, 1/2 of it for 5): with the validation at the
+    end, a learning curve whose early part, where most changes, is not one point."""
+    return tuple(sorted({max(1, steps >> k) for k in range(1, points)} - {steps}))
+
+
 def fit_to_budget(cfg: Config, minutes: float, points: int = 5) -> tuple[Config, float]:
-    """(cfg with max_steps cut to what fits `minutes` here and `points` evenly spaced validations, the last at the
+    """(cfg with max_steps cut to what fits `minutes` here and `points` validations, log-spaced, the last at the
     end; the img/s measured). The LR schedule then ends inside the budget instead of being cut by it."""
     img_per_s = measure_speed(cfg)
     steps = min(cfg.train.max_steps, steps_in_budget(img_per_s, cfg.train.batch_size, minutes))
-    train = dataclasses.replace(cfg.train, max_steps=steps, max_minutes=minutes,
-                                validate_every=max(1, steps // points) if points > 1 else 0)
+    train = dataclasses.replace(cfg.train, max_steps=steps, max_minutes=minutes, validate_every=0,
+                                validate_at=validation_steps(steps, points))
     return dataclasses.replace(cfg, train=train), img_per_s
 
 
@@ -492,7 +498,7 @@ def run_steps(run: TrainState, data: TrainingSet, validator: Validator | None, w
                 check_before_save(run, window, step, last_ckpt)
                 save_checkpoint(run, step)
                 last_ckpt = step
-            if t.validate_every and step % t.validate_every == 0:
+            if (t.validate_every and step % t.validate_every == 0) or step in t.validate_at:
                 if validator is not None and step < t.max_steps:
                     _validate(run, validator, step, bar, callback)
                 acc.wait_for_everyone()

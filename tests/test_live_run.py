@@ -13,7 +13,7 @@ from lab6.errors import CheckpointError, ConfigError
 from lab6.model import ConditionalUNet
 from lab6.plots import plot_validation_grids
 from lab6.run import PRETRAINED_DIR, RunConfig, training_recipe, training_start
-from lab6.train import VALIDATION_SHARE, fit_to_budget, steps_in_budget
+from lab6.train import VALIDATION_SHARE, fit_to_budget, steps_in_budget, validation_steps
 from tests.conftest import REPO, write_course_layout
 
 matplotlib.use("Agg")
@@ -86,12 +86,19 @@ def test_a_budget_becomes_steps_that_leave_room_for_validation():
     assert steps_in_budget(0.01, 64, 0.1) == 1
 
 
+def test_validations_are_log_spaced_with_the_last_at_the_end():
+    assert validation_steps(1600) == (100, 200, 400, 800)  # and 1600 itself, the validation after training
+    assert validation_steps(1600, points=3) == (400, 800)
+    assert validation_steps(6) == (1, 3) and validation_steps(1) == ()
+
+
 def test_fit_to_budget_plans_steps_and_five_validations():
     cfg = load_config("tiny", train={"max_steps": 10_000, "device": "cpu"})
     planned, img_per_s = fit_to_budget(cfg, 0.05)
     assert img_per_s > 0
     assert 1 <= planned.train.max_steps <= 10_000 and planned.train.max_minutes == 0.05
-    assert planned.train.validate_every == max(1, planned.train.max_steps // 5)
+    assert planned.train.validate_every == 0
+    assert planned.train.validate_at == validation_steps(planned.train.max_steps)
     capped, _ = fit_to_budget(load_config("tiny", train={"max_steps": 3, "device": "cpu"}), 60.0)
     assert capped.train.max_steps == 3  # never more than the profile's own
 
