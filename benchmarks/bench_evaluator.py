@@ -1,7 +1,7 @@
 """Ceilings of the judges: the evaluator's top-k and the count checker's exact-scene accuracy on ground truth.
 
     .venv/bin/python benchmarks/bench_evaluator.py [--data data/synth] [--renders 20] [--evaluator PATH]
-        [--checker PATH] [--out DIR]
+        [--checker PATH] [--out DIR] [--look second]
 
 Reads root/<split>_gt/<i>.png for test, new_test and unseen_test and scores them with the course's pooled top-k
 metric as they are and after a 64 -> 32 -> 64 bilinear round trip (what the course's evaluator was trained with).
@@ -10,7 +10,8 @@ the evaluator never saw and reports the same, by objects per image, with the che
 beside it; the misses are drawn as a grid (<out>/misses.png, each captioned with what was asked and read).
 The same renders are then seen under other lights (`LIGHTS`: warm, cool, green and magenta tints of 5-6 % per
 channel, gamma 0.9 and 1.1, brightness +-0.02, and all of one kind together with a little blur and noise), one
-row each with both judges' ceilings.
+row each with both judges' ceilings. `--look second` renders those in the stand-in's look (`lab6 synth --look second`,
+320x240 resized to 64x64 as the course's files are), to measure how a judge reads images unlike the default.
 Targets: top-k >= 0.98 on test-like, >= 0.975 on new_test-like and unseen-like renders, the round trip within
 0.01 of plain; the checker's exact-scene accuracy >= 0.95; under every light both >= 0.95 on each split.
 The evaluator defaults to the one `lab6` finds for --data (the shipped one for the default synthetic data).
@@ -22,6 +23,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import default_out  # noqa: E402
@@ -62,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also score K fresh renders of every label set (default 20; about 5 ms per image)")
     parser.add_argument("--render-seed", type=int, default=1000,
                         help="first scene seed of those renders (default 1000; never the dataset's own scenes)")
+    parser.add_argument("--look", default="default",
+                        help="the renders' look: default, or second (the stand-in's: 320x240, resized to 64x64 as "
+                             "the course's files are)")
     args = parser.parse_args(argv)
     if args.renders < 0:
         parser.error(f"--renders: expected a count >= 0, got {args.renders}")
@@ -108,20 +114,21 @@ def main(argv: list[str] | None = None) -> int:
         checker = CountChecker(args.checker, device=args.device)
         print(f"checker: {checker.path}")
     out = Path(args.out) if args.out else default_out("evaluator")
-    ok = fresh_renders(ev, checker, data, args.renders, args.render_seed, out)
+    ok = fresh_renders(ev, checker, data, args.renders, args.render_seed, out, args.look)
     print(f"\ntargets: top-k >= {', '.join(f'{s} {t}' for s, t in TARGETS.items())}, round trip within "
           f"{ROUND_TRIP_GAP} of plain" + (f", exact-scene >= {EXACT_TARGET} pooled" if checker else "")
           + f": {'met' if ok else 'NOT met'}")
     return 0 if ok else 1
 
 
-def fresh_renders(ev: E.Evaluator, checker, data: CourseData, k: int, seed: int, out: Path) -> bool:
+def fresh_renders(ev: E.Evaluator, checker, data: CourseData, k: int, seed: int, out: Path,
+                  look: str = "default") -> bool:
     """Score k fresh renders of every label set of each split; print accuracy, misses by objects per image and the
     checker's exact-scene accuracy; draw the misses; whether the targets are met."""
     from lab6.data import from_uint8
-    from lab6.synth import render_labels
 
-    print(f"\n{k} fresh renders of every label set (scene seeds {seed}..{seed + k - 1}), sharp and 64->32->64:")
+    print(f"\n{k} fresh renders of every label set in the {look} look (scene seeds {seed}..{seed + k - 1}), sharp "
+          f"and 64->32->64:")
     print(f"{'split':<12} {'images':>6} {'sharp':>20} {'64->32->64':>20}   sharp misses by objects per image "
           f"(1/2/3): miss/labels; images showing an unrequested object; exact scenes")
     ok, missed, exact_hits, exact_n, renders = True, [], 0, 0, {}
@@ -131,7 +138,7 @@ def fresh_renders(ev: E.Evaluator, checker, data: CourseData, k: int, seed: int,
         results, round_tripped, exact = [], [], []
         renders[split] = []
         for j in range(k):
-            images = from_uint8(render_labels(label_sets, seed=seed + j))  # (B, 3, 64, 64) in [-1, 1]
+            images = from_uint8(render(label_sets, seed + j, look))  # (B, 3, 64, 64) in [-1, 1]
             renders[split].append(images)
             verdicts = ev.breakdown(images, label_sets)
             results += verdicts
@@ -160,6 +167,16 @@ def fresh_renders(ev: E.Evaluator, checker, data: CourseData, k: int, seed: int,
     if missed:
         misses_grid(missed[:48], out / "misses.png")
     return light_rows(ev, checker, data, renders, seed) and ok
+
+
+def render(label_sets: list[list[str]], seed: int, look: str) -> np.ndarray:
+    """uint8 (B, 64, 64, 3) renders: the default look at 64x64, another at the course's 320x240 resized."""
+    from lab6.data import resize_rgb
+    from lab6.synth import render_labels
+
+    if look == "default":
+        return render_labels(label_sets, seed=seed)
+    return np.stack([resize_rgb(a) for a in render_labels(label_sets, seed=seed, look=look, size=240, width=320)])
 
 
 def light_rows(ev: E.Evaluator, checker, data: CourseData, renders: dict, seed: int) -> bool:

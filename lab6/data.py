@@ -232,14 +232,19 @@ def load_image(path: str | os.PathLike, resolution: int = 64) -> np.ndarray:
     """Read any image as uint8 RGB (R, R, 3), resized with antialiasing when its size differs."""
     try:
         with Image.open(path) as im:
-            im = _to_rgb(im)
-            if im.size != (resolution, resolution):
-                im = im.resize((resolution, resolution), Image.Resampling.BICUBIC, reducing_gap=None)
-            return np.asarray(im, dtype=np.uint8).copy()
+            return resize_rgb(_to_rgb(im), resolution)
     except FileNotFoundError:
         raise DataError(f"{path}: image not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: not a readable image ({e})") from None
+
+
+def resize_rgb(im: Image.Image | np.ndarray, resolution: int = 64) -> np.ndarray:
+    """An RGB image (PIL or uint8 (H, W, 3)) as uint8 (R, R, 3), resized bicubic with antialiasing when it differs."""
+    im = Image.fromarray(im) if isinstance(im, np.ndarray) else im
+    if im.size != (resolution, resolution):
+        im = im.resize((resolution, resolution), Image.Resampling.BICUBIC, reducing_gap=None)
+    return np.asarray(im, dtype=np.uint8).copy()
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -101,6 +101,9 @@ def test_evaluator_ceiling_with_fresh_renders(tmp_path):
     assert "new_test" in r.stdout and "no new_test_gt/ folder" in r.stdout  # sharp table skips what is absent
     bad = run("bench_evaluator.py", "--data", str(ds), "--renders", "-1")
     assert bad.returncode == 2 and "--renders: expected a count >= 0, got -1" in bad.stderr
+    second = run("bench_evaluator.py", "--data", str(ds), "--renders", "1", "--look", "second", "--checker", "none",
+                 "--out", str(tmp_path / "out2"))
+    assert "1 fresh renders of every label set in the second look" in second.stdout, second.stderr[-2000:]
 
 
 def test_thread_settings_alone_and_two_at_once():

@@ -67,6 +67,17 @@ def test_non_square_images():
     assert png.mode == "RGBA" and png.size == (80, 60) and np.asarray(png)[..., 3].min() == 255
 
 
+def test_render_labels_in_a_look():
+    sets = [["red sphere"], ["cyan cube", "gray cylinder"]]
+    default = S.render_labels(sets, seed=3)
+    assert np.array_equal(default, S.render_labels(sets, seed=3, look="default"))
+    second = S.render_labels(sets, seed=3, look="second", size=30, width=40)
+    assert default.shape == (2, 64, 64, 3) and second.shape == (2, 30, 40, 3)
+    assert D.resize_rgb(second[0]).shape == (64, 64, 3)
+    with pytest.raises(ConfigError, match="--look 'third'"):
+        S.render_labels(sets, look="third")
+
+
 def test_stand_in_root_in_one_command(tmp_path):
     """The stand-in for the course's data: its layout, 320x240 RGBA images, no default synth, the shipped judge."""
     out = tmp_path / "standin"

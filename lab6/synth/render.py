@@ -19,7 +19,7 @@ from PIL import Image
 from .. import labels as L
 from .camera import camera_grid, dot3, in_frame, sample_camera, sample_lights, screen_rect, world_dirs
 from .raycast import ObjectHits, key_visibility, surface_normal
-from .scene import F32, INF, MATERIALS, S_GT, SIZES, SceneObject, SynthConfig, scene_rng
+from .scene import F32, INF, MATERIALS, S_GT, SIZES, SceneObject, SynthConfig, look_config, scene_rng
 
 RENDER_VERSION = 1  # bump when the renderer's output changes; a folder rendered by another version is refused
 _ALBEDO = {c: tuple((v / 255.0) ** 2.2 for v in rgb) for c, rgb in L.PALETTE.items()}  # linear RGB
@@ -268,10 +268,10 @@ def render_scene(names: list[str], rng: np.random.Generator, cfg: SynthConfig | 
     raise RuntimeError(f"could not place {names} after 50 scene restarts; the arena is too small for the settings")
 
 
-def render_labels(label_sets: list[list[str]], seed: int = 0, size: int = 64) -> np.ndarray:
-    """One rendered image per label set, uint8 (B, R, R, 3); reproducible from `seed`."""
-    cfg = SynthConfig(size=size)
-    cfg.check()
+def render_labels(label_sets: list[list[str]], seed: int = 0, size: int = 64, look: str = "default",
+                  width: int = 0) -> np.ndarray:
+    """One rendered image per label set in a named look, uint8 (B, size, width or size, 3); reproducible from `seed`."""
+    cfg = look_config(look, size=size, width=width)
     out = [render_scene(L.validate(s, f"label set {i}"), scene_rng(seed, S_GT, 9, i), cfg).images[-1]
            for i, s in enumerate(label_sets)]
     return np.stack(out)
