@@ -89,6 +89,9 @@ def _add_train_evaluator(sub) -> None:
                        description="Train a multi-label ResNet-18 (the course's evaluator architecture) and "
                                    "save it in the course's checkpoint format.")
     p.add_argument("--data", required=True, help="dataset root in the course layout, e.g. data/synth")
+    p.add_argument("--also", action="append", default=[], metavar="DIR",
+                   help="another dataset root whose training images join --data's, e.g. renders in another look "
+                        "(repeatable)")
     p.add_argument("--out", default=None, help="checkpoint path (default <data>/evaluator.pth)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -116,7 +119,8 @@ def _cmd_train_evaluator(args) -> int:
     if args.init is not None:
         load_checkpoint(args.init)  # a missing or foreign file fails before any image is read
     config = EvaluatorTrainConfig(seed=args.seed, **{k: v for k, v in options.items() if v is not None})
-    train_evaluator(args.data, out=args.out, config=config, device=args.device, force=args.force)
+    train_evaluator(args.data, out=args.out, config=config, device=args.device, force=args.force,
+                    also=args.also)
     return 0
 
 

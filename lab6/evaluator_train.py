@@ -2,10 +2,12 @@
 resumable, time-budgeted training loop that saves the course's checkpoint format (`lab6 train-evaluator`)."""
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -182,8 +184,10 @@ def _held_out_accuracy(model: ResNet18, x: torch.Tensor, y: torch.Tensor, rt: bo
 
 def train_evaluator(data: str | os.PathLike, out: str | os.PathLike | None = None,
                     config: EvaluatorTrainConfig | None = None, *, seed: int | None = None,
-                    device: str | torch.device | None = None, force: bool = False, progress: bool = True) -> Path:
-    """Train the course's ResNet-18 on `data` (course layout) and save `{'model': state_dict, ...}` to `out`.
+                    device: str | torch.device | None = None, force: bool = False, progress: bool = True,
+                    also: Sequence[str | os.PathLike] = ()) -> Path:
+    """Train the course's ResNet-18 on `data` (course layout; the training images of the roots in `also` join
+    them) and save `{'model': state_dict, ...}` to `out`.
 
     Resumable: the state is written atomically to `<out>.partial` every few minutes and on interruption, and a
     later call with the same config and data continues from it. A complete checkpoint for the same config and data
@@ -201,8 +205,8 @@ def train_evaluator(data: str | os.PathLike, out: str | os.PathLike | None = Non
     if out.is_dir():
         raise ConfigError(f"{out}: is a folder; --out takes the checkpoint's file path, e.g. {out / 'evaluator.pth'}")
     check_writable_dir(out.parent)  # before training, not after it
-    course = CourseData(root)
-    key, cfg_dict = training_fingerprint(course), _config_dict(cfg)  # train.json and each image's size and mtime
+    courses = [CourseData(root)] + [CourseData(a) for a in also]
+    key, cfg_dict = _fingerprint(courses), _config_dict(cfg)  # train.json and each image's size and mtime
 
     if not force and out.is_file():
         done = _try_load(out)
@@ -211,7 +215,7 @@ def train_evaluator(data: str | os.PathLike, out: str | os.PathLike | None = Non
             return out
     if force and partial.exists():
         partial.unlink()
-    ds = IclevrDataset(root, RESOLUTION, progress=progress)
+    ds = _Joined([IclevrDataset(c.root, RESOLUTION, progress=progress) for c in courses])
 
     threads = torch.get_num_threads()
     if dev.type == "cpu":
@@ -220,6 +224,24 @@ def train_evaluator(data: str | os.PathLike, out: str | os.PathLike | None = Non
         return _train(cfg, ds, out, partial, dev, key, cfg_dict, progress)
     finally:
         torch.set_num_threads(threads)
+
+
+def _fingerprint(courses: list[CourseData]) -> str:
+    """One root's training fingerprint, or a hash over several roots' in order."""
+    keys = [training_fingerprint(c) for c in courses]
+    return keys[0] if len(keys) == 1 else hashlib.sha256("\0".join(keys).encode()).hexdigest()
+
+
+class _Joined:
+    """The training images (N, 3, 64, 64) uint8 and labels (N, 24) of one or more datasets, in order."""
+
+    def __init__(self, datasets: list):
+        self.root = ", ".join(str(d.root) for d in datasets)
+        self.images = torch.cat([d.images for d in datasets]) if len(datasets) > 1 else datasets[0].images
+        self.labels = torch.cat([d.labels for d in datasets]) if len(datasets) > 1 else datasets[0].labels
+
+    def __len__(self) -> int:
+        return len(self.images)
 
 
 class _Batches:

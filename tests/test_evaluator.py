@@ -470,6 +470,18 @@ def test_train_evaluator_fine_tunes_from_init(tmp_path, capsys):
     assert err.startswith("error: ") and "no.pth: evaluator checkpoint not found" in err and "\n" not in err
 
 
+def test_train_evaluator_joins_the_training_images_of_other_roots(tmp_path):
+    one, two = write_course_layout(tmp_path / "one", n=24), write_course_layout(tmp_path / "two", n=24, seed=1)
+    cfg = ET.EvaluatorTrainConfig(**dict(TINY, epochs=1, width=8))
+    alone = E.load_checkpoint(ET.train_evaluator(one, tmp_path / "alone.pth", cfg, progress=False))
+    both = E.load_checkpoint(ET.train_evaluator(one, tmp_path / "both.pth", cfg, progress=False, also=[two]))
+    assert (alone["steps"], both["steps"]) == ((24 - 4) // 8, (48 - 4) // 8)  # one epoch of each set of images
+    assert both["data"] == f"{one}, {two}" and both["data_key"] != alone["data_key"]
+    with pytest.raises(DataError, match="nowhere"):
+        ET.train_evaluator(one, tmp_path / "x.pth", cfg, progress=False, also=[tmp_path / "nowhere"])
+    assert not (tmp_path / "x.pth").exists()
+
+
 def _floor_scene(squares, size=64):
     """A uint8 image (3, H, W): a shaded gray floor with coloured squares (row, col, side, rgb)."""
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
