@@ -199,8 +199,8 @@ def measure_speed(cfg: Config, steps: int = 8, warmup: int = 3) -> float:
     return steps * t.batch_size / (time.perf_counter() - start)
 
 
-# The training loop (batches from uint8, EMA, grad clip, logging) runs at about 0.8 of measure_speed's rate on a
-# 2-core CPU (measured 2026-12-06: 68 against 84 img/s); validation gets at most this share of a time budget.
+# The training loop (batches from uint8, EMA, grad clip, logging) runs at about LOOP_SHARE of measure_speed's rate
+# on a 2-core CPU (benchmarks/LOG.md); validation gets at most VALIDATION_SHARE of a time budget.
 LOOP_SHARE, VALIDATION_SHARE = 0.8, 0.15
 
 
