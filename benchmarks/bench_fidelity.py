@@ -3,14 +3,15 @@
     .venv/bin/python benchmarks/bench_fidelity.py --models pretrained/quick [--settings SDE-DPM++-25@4,DPM++-20@2]
         [--seeds 0-10] [--data data/synth] [--out DIR]
 
-For every model and setting (a lab6.compare.SAMPLER_SETTINGS name, `@w` for the guidance scale, default the
-model's), samples each label set of test, new_test and unseen_test once per seed and reports per split the
-course's top-k accuracy and the count checker's exact-scene accuracy (mean over seeds), the share of images
-with a duplicated / unrequested / missing object, the evaluator's wrong-shape misses, and pooled over all images
-FID and KID on the evaluator's features against fresh renders of the same label sets (render seed 7000). The
-first rows are the ground truth itself (render seed 7000 against 8000): the ceilings of the two readers and the
-floor of FID / KID. The grain column is the spectral power at the model's patch grid (period `--grain-period`,
-default 4, its harmonics included) over the ground truth's at the same bins (`lab6.fidelity.grain`; 1 = none).
+For every model and setting (a lab6.compare.SAMPLER_SETTINGS name or none for the model's own sampler, `@w` for the
+guidance scale, `+o` for composable guidance of weight o per object beside it; default the model's), samples each
+label set of test, new_test and unseen_test once per seed and reports per split the course's top-k accuracy and the
+count checker's exact-scene accuracy (mean over seeds), the share of images with a duplicated / unrequested /
+missing object, the evaluator's wrong-shape misses, and pooled over all images FID and KID on the evaluator's
+features against fresh renders of the same label sets (render seed 7000). The first rows are the ground truth itself
+(render seed 7000 against 8000): the ceilings of the two readers and the floor of FID / KID. The grain column is the
+spectral power at the model's patch grid (period `--grain-period`, default 4, its harmonics included) over the
+ground truth's at the same bins (`lab6.fidelity.grain`; 1 = none).
 `--judges EV:CK,EV2:CK2` reads the same images with more than one pair of judges (a row each; the first pair
 also gives FID / KID). Writes results.json, a CSV and, per model and setting, a figure of generated images beside
 the ground truth of the same test label sets.
@@ -52,15 +53,21 @@ HEADER = ["model", "setting", "judges", "split", "top-k", "exact", "duplicate", 
           "wrong shape", "FID", "KID x1e3", "grain", "s / 32 img"]
 
 
-def parse_settings(text: str) -> list[tuple[str, str, int, float | None]]:
-    """'SDE-DPM++-25@4,DPM++-20' -> [(name, sampler, steps, guidance or None)]."""
+def parse_settings(text: str) -> list[tuple[str | None, str | None, int | None, float | None, float | None]]:
+    """'SDE-DPM++-25@4,DPM++-20,@3+1' -> [(name, sampler, steps, guidance, per-object guidance)], None meaning the
+    model's own; a bare '@w+o' keeps the model's sampler, '+o' adds composable guidance of weight o per object."""
     known = {s[0]: s for s in SAMPLER_SETTINGS}
     out = []
     for item in filter(None, (t.strip() for t in text.split(","))):
-        name, _, w = item.partition("@")
-        if name not in known:
-            raise SystemExit(f"error: --settings: unknown {name!r}; choose from {', '.join(known)}")
-        out.append((name, known[name][1], known[name][2], float(w) if w else None))
+        name, _, scales = item.partition("@")
+        if name and name not in known:
+            raise SystemExit(f"error: --settings: unknown {name!r}; choose from {', '.join(known)} (or none: '@w')")
+        w, _, o = scales.partition("+")
+        try:
+            w, o = (float(w) if w else None), (float(o) if o else None)
+        except ValueError:
+            raise SystemExit(f"error: --settings: {item!r}: expected NAME@w or NAME@w+o with numbers") from None
+        out.append((name or None, *(known[name][1:3] if name else (None, None)), w, o))
     return out
 
 
@@ -79,7 +86,8 @@ def figure(generated: torch.Tensor, truth: torch.Tensor, sets: list[list[str]], 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="pretrained/quick", help="comma-separated model folders")
-    parser.add_argument("--settings", default="", help="sampler settings, e.g. SDE-DPM++-25@4 (default: the model's)")
+    parser.add_argument("--settings", default="", help="sampler settings, e.g. SDE-DPM++-25@4 or @3+1 "
+                                                         "(default: the model's)")
     parser.add_argument("--seeds", default="0-10", help="sampling seeds, e.g. 0-10 (11 x 96 = 1056 images)")
     parser.add_argument("--data", default="data/synth", help="dataset root with the three test files")
     parser.add_argument("--evaluator", default=None, help="evaluator checkpoint (default: found for --data)")
@@ -133,15 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     record("ground truth", f"render seed {FLOOR_SEED} vs {REAL_SEED}", floor, None)
     for model in filter(None, args.models.split(",")):
         pipe = load_pipeline(model, device="cpu")
-        for name, sampler, steps, w in parse_settings(args.settings) or [(None, None, None, None)]:
+        for name, sampler, steps, w, o in parse_settings(args.settings) or [(None, None, None, None, None)]:
             chunks, t0 = [], time.perf_counter()
             for seed in seeds:
                 for split in splits:
                     chunks.append(sample(pipe, splits[split], sampler=sampler, num_steps=steps, guidance_scale=w,
-                                         seed=seed).images)
+                                         seed=seed, object_guidance_scale=o).images)
             seconds = (time.perf_counter() - t0) / len(chunks)
             images = torch.cat(chunks)
-            label = f"{name or 'default'}@{w if w is not None else pipe.config.default_guidance_scale:g}"
+            o = pipe.resolve_object_scale(o)
+            label = (f"{name or 'default'}@{w if w is not None else pipe.config.default_guidance_scale:g}"
+                     + (f"+{o:g}" if o else ""))
             record(model, label, images, seconds)
             folder = Path(model)  # an export folder named pipeline/ or fp16/ is named by its run
             name = f"{folder.parent.name}-{folder.name}" if folder.name in ("pipeline", "fp16") else folder.name

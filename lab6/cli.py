@@ -10,6 +10,7 @@ Each command imports what it runs inside its `_cmd_*` function: the only lazy im
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -217,6 +218,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--sampler", choices=SAMPLERS, default=None, help="sampler (default: the model's best)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's best)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--object-guidance", type=float, default=None, metavar="O",
+                   help="composable guidance: one more term of weight O per object of sets of two or more, beside "
+                        "the whole set's (0 = none; default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--evaluator", default=None, help="evaluator checkpoint (default: found automatically)")
     p.add_argument("--device", default=None, help="cpu or cuda")
@@ -243,6 +247,8 @@ def _cmd_sample(args) -> int:
         raise ConfigError(f"--steps: must be > 0, got {args.steps}")
     if args.guidance is not None:
         check_guidance_scale(args.guidance, "--guidance")
+    if args.object_guidance is not None and not 0 <= args.object_guidance < math.inf:
+        raise ConfigError(f"--object-guidance: must be >= 0 (0 = none), got {args.object_guidance}")
     if args.batch_size is not None and args.batch_size <= 0:
         raise ConfigError(f"--batch-size: must be > 0, got {args.batch_size}")
     if not 0 <= args.seed <= 2**32 - len(sets):
@@ -260,12 +266,15 @@ def _cmd_sample(args) -> int:
     batch_size = 64 if args.batch_size is None else args.batch_size
     m = sample_split(pipe, sets, args.out, name, evaluator=evaluator, seed=args.seed, sampler=args.sampler,
                      num_steps=args.steps, guidance_scale=args.guidance, batch_size=batch_size,
+                     object_guidance_scale=args.object_guidance,
                      progress=not args.no_progress, data_root=label_path.parent, device=args.device,
                      label_file=str(label_path), model=str(args.model))
     acc = "n/a (no evaluator)" if m["accuracy"] is None else f"{m['accuracy']:.4f} ({m['hits']}/{m['labels']})"
     out = Path(args.out)
     print(f"{name}: accuracy {acc}; {m['images']} images in {out / name}, grid {out / (name + '_grid.png')} "
-          f"[{m['sampler']}, {m['steps']} steps, guidance {m['guidance']:g}, seed {m['seed']}, {m['seconds']:.1f} s]")
+          f"[{m['sampler']}, {m['steps']} steps, guidance {m['guidance']:g}"
+          + (f" + {m['object_guidance']:g} per object" if m["object_guidance"] else "")
+          + f", seed {m['seed']}, {m['seconds']:.1f} s]")
     return 0
 
 

@@ -65,6 +65,22 @@ class ConditionalDDPMPipelineOutput(BaseOutput):
     x0: torch.Tensor | None = None
 
 
+def object_rows(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One one-hot row per object of every set with two or more objects, and the set each belongs to: (M, 24), (M,).
+    A one-object set has none: its object's term would repeat the whole set's."""
+    multi = y.sum(1) >= 2                                              # (B,)
+    owner, index = torch.nonzero(y * multi[:, None], as_tuple=True)    # (M,), (M,)
+    return F.one_hot(index, y.shape[1]).to(y.dtype), owner
+
+
+def composed(out_set: torch.Tensor, out_uncond: torch.Tensor, out_objects: torch.Tensor, owner: torch.Tensor,
+             guidance_scale: float, object_scale: float) -> torch.Tensor:
+    """Composable guidance (Liu et al. 2022) beside the set's: uncond + s * (set - uncond) + o * sum_i (obj_i -
+    uncond), one term per object i of its set; out_objects (M, ...) belongs to the sets `owner` (M,) names."""
+    out = guided(out_set, out_uncond, guidance_scale)                  # (B, 3, r, r)
+    return out.index_add(0, owner, object_scale * (out_objects - out_uncond[owner]))
+
+
 def guided(out_cond: torch.Tensor, out_uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans 2022): uncond + s * (cond - uncond); s = 1 is the conditional model."""
     if guidance_scale == 1.0:
@@ -196,11 +212,12 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet"
 
     def __init__(self, unet, scheduler, default_num_inference_steps: int = 25, default_guidance_scale: float = 1.0,
-                 default_eta: float = 0.0):
+                 default_eta: float = 0.0, default_object_guidance_scale: float = 0.0):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(default_num_inference_steps=int(default_num_inference_steps),
-                                default_guidance_scale=float(default_guidance_scale), default_eta=float(default_eta))
+                                default_guidance_scale=float(default_guidance_scale), default_eta=float(default_eta),
+                                default_object_guidance_scale=float(default_object_guidance_scale))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -250,6 +267,14 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
             raise ConfigError(f"eta: must be in [0, 1] (0 = deterministic DDIM), got {eta}")
         return steps, scale, eta
 
+    def resolve_object_scale(self, object_guidance_scale: float | None = None) -> float:
+        """The per-object guidance scale of a call, checked: the given value, None meaning the saved default."""
+        o = float(self.config.get("default_object_guidance_scale", 0.0) if object_guidance_scale is None
+                  else object_guidance_scale)
+        if not 0 <= o < float("inf"):
+            raise ConfigError(f"object_guidance_scale: must be >= 0 (0 = none), got {o}")
+        return o
+
     def _step_kwargs(self, generator: Generator, eta: float) -> dict:
         params = set(inspect.signature(self.scheduler.step).parameters)
         kw = {}
@@ -259,13 +284,17 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
             kw["eta"] = eta
         return kw
 
-    def predict(self, xt: torch.Tensor, t, y: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-        """Guided network output at one step; skips the unconditional pass when guidance_scale == 1."""
-        if guidance_scale == 1.0:
+    def predict(self, xt: torch.Tensor, t, y: torch.Tensor, guidance_scale: float,
+                object_scale: float = 0.0) -> torch.Tensor:
+        """Guided network output at one step; skips the unconditional pass when guidance_scale == 1 and
+        object_scale == 0; with object_scale, one more pass per object of each set of two or more (`composed`)."""
+        if guidance_scale == 1.0 and not object_scale:
             return self.unet(xt, t, y)  # (B, 3, r, r)
-        out = self.unet(torch.cat([xt, xt]), t, torch.cat([y, torch.zeros_like(y)]))  # (2B, 3, r, r)
-        out_cond, out_uncond = out.chunk(2)
-        return guided(out_cond, out_uncond, guidance_scale)  # (B, 3, r, r)
+        rows, owner = object_rows(y) if object_scale else (y[:0], torch.zeros(0, dtype=torch.long))
+        owner = owner.to(xt.device)
+        out = self.unet(torch.cat([xt, xt, xt[owner]]), t, torch.cat([y, torch.zeros_like(y), rows]))  # (2B+M, ...)
+        out_set, out_uncond, out_objects = out.split([len(y), len(y), len(rows)])
+        return composed(out_set, out_uncond, out_objects, owner, guidance_scale, object_scale)  # (B, 3, r, r)
 
     @torch.no_grad()
     def __call__(
@@ -279,11 +308,14 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
         capture_steps: Sequence[int] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        object_guidance_scale: float | None = None,
     ):
         """Sample one image per label set; `capture_steps` are loop indices (0 = first, -1 = last) to record.
-        `eta` (DDIM's noise, 0 = deterministic; other samplers ignore it) defaults to the saved default_eta."""
+        `eta` (DDIM's noise, 0 = deterministic; other samplers ignore it) defaults to the saved default_eta;
+        `object_guidance_scale` (one guidance term per object beside the set's, `composed`) to the saved one or 0."""
         y_all = as_multi_hot(labels)  # (B, 24)
         steps, scale, eta = self.resolve_settings(num_inference_steps, guidance_scale, eta)
+        object_scale = self.resolve_object_scale(object_guidance_scale)
         if batch_size is not None and batch_size <= 0:
             raise ConfigError(f"batch_size: must be > 0 (or None for all at once), got {batch_size}")
         if output_type not in ("pil", "pt", "np"):
@@ -310,7 +342,7 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
             cap_xt, cap_x0, cap_t = [], [], []
             for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
                 x_in = self.scheduler.scale_model_input(xt, t)  # (b, 3, r, r)
-                out = self.predict(x_in, t, y, scale)  # (b, 3, r, r)
+                out = self.predict(x_in, t, y, scale, object_scale)  # (b, 3, r, r)
                 if i in capture:
                     tt = t.reshape(1).expand(len(xt)).cpu()
                     x0 = estimate_x0(xt.float(), tt, out.float(), self.scheduler.config.prediction_type,

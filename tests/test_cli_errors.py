@@ -217,6 +217,8 @@ ROWS = {
     "sample-batch-zero": (lambda w, t: _sample(w, t, batch_size=0), 1, ["--batch-size: must be > 0, got 0"]),
     "sample-guidance-negative": (lambda w, t: _sample(w, t, guidance=-0.5), 1,
                                  ["--guidance: must be >= 0 (1 = no guidance), got -0.5"]),
+    "sample-object-guidance-negative": (lambda w, t: _sample(w, t, object_guidance=-1), 1,
+                                        ["--object-guidance: must be >= 0 (0 = none), got -1"]),
     "sample-seed-negative": (lambda w, t: _sample(w, t, seed=-3), 1, ["--seed: must be in 0..", "got -3"]),
     "sample-sampler-unknown": (lambda w, t: _sample(w, t, sampler="euler"), 2, ["invalid choice: 'euler'"]),
     "sample-name-with-folder": (lambda w, t: _sample(w, t, name="../elsewhere"), 1,

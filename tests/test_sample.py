@@ -9,7 +9,7 @@ from lab6.checkpoints import build_pipeline
 from lab6.config import PROFILES
 from lab6.errors import ConfigError, LabelError
 from lab6.model import build_model
-from lab6.pipeline import ConditionalDDPMPipeline, guided
+from lab6.pipeline import ConditionalDDPMPipeline, composed, guided, object_rows
 from lab6.sample import generators, load_pipeline, sample, set_sampler
 from lab6.schedules import make_scheduler, sampler_name
 
@@ -72,6 +72,32 @@ def test_guidance_scale_one_is_the_conditional_model(pipe):
     c, u = torch.randn(2, 4), torch.randn(2, 4)
     assert torch.equal(guided(c, u, 1.0), c) and torch.equal(guided(c, u, 0.0), u)
     assert torch.allclose(guided(c, u, 3.0), u + 3 * (c - u))
+
+
+def test_composable_guidance_adds_one_term_per_object_of_sets_of_two_or_more(pipe):
+    """uncond + s (set - uncond) + o sum_i (obj_i - uncond): o = 0 is plain guidance; a one-object set has no
+    object term, so its image does not change; every other image does."""
+    y = torch.zeros(3, 24)
+    y[0, [1, 14]] = 1                                               # red cube, cyan sphere
+    y[1, 3] = 1                                                     # one object: no rows
+    y[2, [0, 9, 23]] = 1
+    rows, owner = object_rows(y)
+    assert owner.tolist() == [0, 0, 2, 2, 2] and rows.argmax(1).tolist() == [1, 14, 0, 9, 23]
+    assert torch.equal(rows.sum(1), torch.ones(5))
+    c, u, objects = torch.randn(3, 4), torch.randn(3, 4), torch.randn(5, 4)
+    expected = guided(c, u, 3.0).clone()
+    expected[0] += 0.5 * (objects[:2] - u[0]).sum(0)
+    expected[2] += 0.5 * (objects[2:] - u[2]).sum(0)
+    assert torch.allclose(composed(c, u, objects, owner, 3.0, 0.5), expected)
+    assert torch.equal(composed(c, u, objects, owner, 3.0, 0.0), guided(c, u, 3.0))
+    run = lambda **kw: sample(pipe, SETS, sampler="dpm", num_steps=4, seed=2, guidance_scale=2.0, **kw).images  # noqa: E731
+    plain, zero, composed_ = run(), run(object_guidance_scale=0.0), run(object_guidance_scale=1.0)
+    assert torch.equal(plain, zero)
+    assert torch.allclose(composed_[1], plain[1], atol=1e-6)        # SETS[1]: one object
+    assert not torch.allclose(composed_[0], plain[0], atol=1e-4) and not torch.allclose(composed_[2], plain[2], atol=1e-4)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="object_guidance_scale: must be >= 0"):
+            run(object_guidance_scale=bad)
 
 
 def test_sample_eta_of_the_config_travels_with_the_export(tmp_path):
