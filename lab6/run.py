@@ -278,13 +278,14 @@ def training_start(profile: str, data_root: str | Path, init_from: str | None = 
     """The weights notebook 03 starts from: `init_from` (an export; "none": random weights) or the profile's
     default. The quick profile fine-tunes its shipped model on data other than the default renders (the course's
     images, a second look), so a CPU's budget gives a model of those images; elsewhere, and for full and seed,
-    training starts from random weights."""
+    training starts from random weights. A root without train.json yet is one `lab6 run` renders: default renders."""
     if init_from == "none":
         return None
     if init_from is not None:
         return given_model(init_from, "--init-from")[0]
     shipped = PRETRAINED_DIR / profile
-    if profile == "quick" and (shipped / "model_index.json").exists() and not is_default_synth(data_root):
+    other_data = (Path(data_root) / "train.json").exists() and not is_default_synth(data_root)
+    if profile == "quick" and (shipped / "model_index.json").exists() and other_data:
         return shipped
     return None
 

@@ -78,6 +78,9 @@ def test_resolving_a_run_fills_in_the_start_and_the_recipe(tmp_path):
     assert cold.resolved().init_from == "none"
     assert cold.resolved().recipe == str((REPO / "configs" / "quick-live.yaml").resolve())
     assert {"init_from", "recipe"} <= set(cfg.notebook_parameters())
+    fresh = RunConfig(profile="quick", data_root=str(tmp_path / "synth"), run_dir=str(tmp_path / "run")).resolved()
+    assert fresh.init_from == "none"  # a fresh clone: the default renders are not written yet, and will be
+    assert fresh.recipe == str((REPO / "configs" / "quick-live.yaml").resolve())
 
 
 def test_a_budget_becomes_steps_that_leave_room_for_validation():
