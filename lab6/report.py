@@ -468,9 +468,9 @@ def methods_section(methods: dict | str, path: str | os.PathLike = SHIPPED_METHO
              f"and each table names its section. A figure cell reads {esc(' / '.join(splits))}; a bold row is the "
              "shipped model, an italic one the ground truth.</p>")
     for i, c in enumerate(method_comparisons(methods), 1):
-        s.append(keep(f"<h3>6.{i} {esc(c['title'])}</h3>",
-                      f"<p class='note'>{esc(c['measured'])} Source: {esc(c['source'])}.</p>",
-                      methods_table(c, splits), f"<p><b>Why.</b> {esc(c['why'])}</p>"))
+        s.append(keep(f"<h3>6.{i} {esc(c['title'])}</h3>",  # printed across a page break row by row, not moved whole
+                      f"<p class='note lead'>{esc(c['measured'])} Source: {esc(c['source'])}.</p>",
+                      methods_table(c, splits), f"<p><b>Why.</b> {esc(c['why'])}</p>", cls="method"))
     return s
 
 
@@ -596,7 +596,7 @@ table.methods tr.shipped th,table.methods tr.shipped td{font-weight:700}table.me
 @page{size:A4;margin:14mm}
 @media print{body{margin:0;max-width:none;font-size:10pt}h1,h2,h3,h4,.lead{break-after:avoid}
 h2{margin-top:1.2rem}figure,table,.keep,.eq,li,tr{break-inside:avoid}table{width:100%;margin-left:0}
-table.long{break-inside:auto}}
+table.long,table.methods{break-inside:auto}}
 """
 
 

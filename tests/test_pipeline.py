@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -90,6 +92,21 @@ def test_report_follows_the_lab_structure_and_stands_alone(tiny_run, tiny_data):
         assert (run_dir / "report.pdf").read_bytes()[:5] == b"%PDF-" and "[report]" in r.stdout
     else:
         assert "report.pdf not written: no Chromium found" in r.stdout
+
+
+def test_no_printed_page_but_the_last_is_more_than_a_third_blank(tiny_run, tmp_path):
+    """A section kept whole and moved to the next page leaves a gap: sections longer than a page must flow."""
+    run_dir, r = tiny_run
+    pdf = run_dir / "report.pdf"
+    if not pdf.exists() or shutil.which("pdftoppm") is None:
+        pytest.skip("needs Chromium's report.pdf and poppler's pdftoppm")
+    subprocess.run(["pdftoppm", "-r", "30", "-gray", "-png", str(pdf), str(tmp_path / "page")], check=True)
+    pages = sorted(tmp_path.glob("page-*.png"))
+    assert len(pages) >= 5
+    for page in pages[:-1]:
+        ink = (np.asarray(Image.open(page).convert("L")) < 235).any(axis=1)   # (H,) rows with anything drawn
+        longest = max(len(run) for run in "".join("x" if i else " " for i in ink).split("x"))
+        assert longest <= len(ink) / 3, f"{page.name}: {longest / len(ink):.0%} of the page blank in one stretch"
 
 
 def test_run_metrics_are_recorded_and_consistent(tiny_run, tiny_data):
