@@ -333,6 +333,15 @@ def model_phrase(origin: str, model_dir: Path) -> str:
     return f"{kind} <code>{esc(shown_path(model_dir))}</code>"
 
 
+def live_network(live: Config, graded: Config) -> str:
+    """The live model's network beside the graded one's: the same, or its grid, patches and widths."""
+    if live.model == graded.model:
+        return "the graded model's network"
+    m, p = live.model, live.model.patch_size or 1
+    return (f"a different network from the graded one: it draws {m.sample_size}×{m.sample_size} images on {p}×{p} "
+            f"patches (upsampled to {m.output_size}×{m.output_size}), channels {', '.join(map(str, m.block_out_channels))}")
+
+
 def live_steps(run: Path, m3: dict, live_cfg: Config | None) -> str | None:
     """'<done> of <planned> steps' of this run's training (notebook 03), None when it trained nothing."""
     recs = read_metrics(run / "train" / "metrics.jsonl") if (run / "train" / "metrics.jsonl").exists() else []
@@ -881,7 +890,7 @@ def build_report(run_dir: str | os.PathLike, data_root: str | os.PathLike,
                         methods_shown=isinstance(methods, dict),
                         grain_measured=scores is not None and "grain" in scores["figures"]))
     if live_cfg is not None and cfg is not None and shipped:
-        s.append("<p class='note'>The live model of this run uses the same profile's network; its training budget "
+        s.append(f"<p class='note'>The live model of this run is {live_network(live_cfg, cfg)}; its training budget "
                  f"here was {live_cfg.train.max_steps} steps or {fmt(live_cfg.train.max_minutes)} minutes.</p>")
     s.append("</body></html>")
     return "\n".join(s)

@@ -158,3 +158,12 @@ def test_the_report_compares_methods_from_the_shipped_file_and_explains(fake_run
     html = R.build_report(fake_run, course_dir, methods_path=bad)
     assert f"No comparison shown: {bad}: no list of comparisons" in html and "7. Discussion" in html
     assert "The training runs of section 6" not in html
+
+
+def test_the_live_network_is_named_as_it_is():
+    from lab6.config import PROFILES, load_config
+    from lab6.run import CONFIG_DIR
+    quick, live = PROFILES["quick"], load_config("quick", CONFIG_DIR / "quick-live.yaml")
+    assert R.live_network(quick, quick) == "the graded model's network"
+    text = R.live_network(live, quick)
+    assert text.startswith("a different network") and "32×32 images on 2×2 patches" in text and "64, 64, 64" in text
