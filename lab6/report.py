@@ -594,7 +594,7 @@ img.px{image-rendering:pixelated;display:block}img.full{width:100%}
 padding:1px 2px}.missing{display:inline-block;height:64px;background:#eee}
 .legend{font-size:8pt;color:#333;margin:.3rem 0}figcaption{font-weight:600}figcaption.note{font-weight:400}
 .note{color:#555;font-size:.9rem}figure{margin:.8rem 0}figure.grid{display:block}
-.pair{display:flex;gap:1rem;flex-wrap:wrap}
+.pair{display:flex;gap:1rem;flex-wrap:wrap}.gridpair{display:flex;gap:1rem;flex-wrap:wrap}.cap{font-weight:600}
 code{background:#f4f4f4;padding:0 .2rem}
 .provenance{border:1px solid #bbb;background:#fafafa;padding:.2rem 1rem;margin:1rem 0}.provenance h2{margin-top:.6rem}
 .warn{color:#a00;font-weight:600}
@@ -605,7 +605,10 @@ table.methods tr.shipped th,table.methods tr.shipped td{font-weight:700}table.me
 @page{size:A4;margin:14mm}
 @media print{body{margin:0;max-width:none;font-size:10pt}h1,h2,h3,h4,.lead{break-after:avoid}
 h2{margin-top:1.2rem}figure,table,.keep,.eq,li,tr{break-inside:avoid}table{width:100%;margin-left:0}
-table.long,table.methods{break-inside:auto}}
+table.long,table.methods{break-inside:auto}
+.gridpair{flex-wrap:nowrap}.gridpair>div{flex:1 1 0;min-width:0}.gridpair .cells{width:100%}
+.gridpair .cell{width:calc(12.5% - 2px)}.gridpair img.px,.gridpair .missing{width:100%!important;height:auto}
+.gridpair .missing{aspect-ratio:1}.gridpair .cell .idx{font-size:7pt}}
 """
 
 
@@ -627,13 +630,14 @@ def grids_section(run: Path, data: CourseData, m4: dict, shipped: bool) -> list[
         sets = data.label_sets(split)
         caps = grid_captions(sets)
         d = m4.get("deliverables", {}).get(split, {})
-        parts = [head, f"<figcaption>{esc(split)}.json, generated — accuracy {fmt(d.get('accuracy'))}</figcaption>",
-                 indexed_cells(folder_images(run / "images" / split, len(sets)), caps)]
-        head = ""
+        grids = [f"<div><div class='cap'>{esc(split)}.json, generated — accuracy {fmt(d.get('accuracy'))}</div>"
+                 f"{indexed_cells(folder_images(run / 'images' / split, len(sets)), caps)}</div>"]
         if (data.root / f"{split}_gt").is_dir():
-            parts += [f"<figcaption>{esc(split)}.json, ground truth</figcaption>",
-                      indexed_cells(folder_images(data.root / f"{split}_gt", len(sets)), caps)]
-        s.append("<figure class='grid'>" + "".join(parts) + legend(sets) + "</figure>")
+            grids.append(f"<div><div class='cap'>{esc(split)}.json, ground truth</div>"
+                         f"{indexed_cells(folder_images(data.root / f'{split}_gt', len(sets)), caps)}</div>")
+        # side by side when printed: a pair at half size fits a third of a page, so keeping it whole leaves no gap
+        s.append(f"<figure class='grid'>{head}<div class='gridpair'>{''.join(grids)}</div>{legend(sets)}</figure>")
+        head = ""
     samples = sorted((run / "train" / "samples").glob("test-step-*.png"),
                      key=lambda p: int(p.stem.rsplit("-", 1)[-1]) if p.stem.rsplit("-", 1)[-1].isdigit() else 0)
     if shipped and samples:
