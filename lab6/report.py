@@ -594,7 +594,7 @@ img.px{image-rendering:pixelated;display:block}img.full{width:100%}
 padding:1px 2px}.missing{display:inline-block;height:64px;background:#eee}
 .legend{font-size:8pt;color:#333;margin:.3rem 0}figcaption{font-weight:600}figcaption.note{font-weight:400}
 .note{color:#555;font-size:.9rem}figure{margin:.8rem 0}figure.grid{display:block}
-.pair{display:flex;gap:1rem;flex-wrap:wrap}.gridpair{display:flex;gap:1rem;flex-wrap:wrap}.cap{font-weight:600}
+.pair{display:flex;gap:1rem;flex-wrap:wrap}.cap{font-weight:600}
 code{background:#f4f4f4;padding:0 .2rem}
 .provenance{border:1px solid #bbb;background:#fafafa;padding:.2rem 1rem;margin:1rem 0}.provenance h2{margin-top:.6rem}
 .warn{color:#a00;font-weight:600}
@@ -636,7 +636,7 @@ def grids_section(run: Path, data: CourseData, m4: dict, shipped: bool) -> list[
             grids.append(f"<div><div class='cap'>{esc(split)}.json, ground truth</div>"
                          f"{indexed_cells(folder_images(data.root / f'{split}_gt', len(sets)), caps)}</div>")
         # side by side when printed: a pair at half size fits a third of a page, so keeping it whole leaves no gap
-        s.append(f"<figure class='grid'>{head}<div class='gridpair'>{''.join(grids)}</div>{legend(sets)}</figure>")
+        s.append(f"<figure class='grid'>{head}<div class='pair gridpair'>{''.join(grids)}</div>{legend(sets)}</figure>")
         head = ""
     samples = sorted((run / "train" / "samples").glob("test-step-*.png"),
                      key=lambda p: int(p.stem.rsplit("-", 1)[-1]) if p.stem.rsplit("-", 1)[-1].isdigit() else 0)
