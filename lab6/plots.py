@@ -12,6 +12,7 @@ from .data import CourseData, load_image, to_uint8
 from .io import atomic_path
 from .labels import COLORS, OBJECTS, SHAPES
 from .labels import PALETTE as _PALETTE
+from .schedules import alphas_cumprod, named_schedules, q_sample
 
 
 def _as_uint8(images) -> np.ndarray:
@@ -403,3 +404,61 @@ def save_figure(fig, path, dpi: int = 120) -> None:
     """Save a matplotlib figure as PNG atomically."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+
+
+def plot_alphas_cumprod(schedules=None, log_snr: bool = True):
+    """Figure of alpha-bar_t (and log SNR) against t; `schedules`: {name: ScheduleConfig} or a list of them.
+
+    Each schedule gets its own line style, so curves that coincide stay visible; a schedule whose SNR reaches 0
+    (zero terminal SNR) has log SNR = -inf at its last step, drawn as an arrow at the bottom of the panel.
+    """
+    import matplotlib.pyplot as plt
+
+    named = named_schedules(schedules)
+    styles = [dict(lw=1.6), dict(lw=3.5, alpha=0.45), dict(lw=1.6, ls="--"), dict(lw=1.4, ls=":")]
+    ncols = 2 if log_snr else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 3.6), squeeze=False)
+    for k, (name, s) in enumerate(named.items()):
+        a = alphas_cumprod(s)
+        t = torch.arange(len(a))
+        line, = axes[0, 0].plot(t, a, label=name, **styles[k % len(styles)])
+        if log_snr:
+            finite = a > 0
+            ls = torch.log(a[finite] / (1 - a[finite]))
+            axes[0, 1].plot(t[finite], ls, label=name, color=line.get_color(), **styles[k % len(styles)])
+            if not finite.all():
+                axes[0, 1].annotate(r"$-\infty$ at t=" + f"{int(t[~finite][0])}", xy=(float(t[~finite][0]), 0.0),
+                                    xycoords=("data", "axes fraction"), xytext=(-58, 22), textcoords="offset points",
+                                    color=line.get_color(), fontsize=8, arrowprops=dict(arrowstyle="->",
+                                                                                        color=line.get_color()))
+    axes[0, 0].set(xlabel="t", ylabel=r"$\bar\alpha_t$", title=r"$\bar\alpha_t$: fraction of signal variance")
+    axes[0, 0].legend(fontsize=8)
+    if log_snr:
+        axes[0, 1].set(xlabel="t", ylabel=r"$\log(\bar\alpha_t / (1-\bar\alpha_t))$", title="log SNR")
+        axes[0, 1].legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_forward_process(x0: torch.Tensor, timesteps: Sequence[int] = (0, 50, 100, 250, 500, 750, 999),
+                         schedules=None, generator: torch.Generator | None = None):
+    """Figure of x_t ~ q(x_t | x_0) for one image x0 (3, H, W) in [-1, 1]: one row per schedule, same eps."""
+    import matplotlib.pyplot as plt
+
+    x0 = x0[0] if x0.ndim == 4 else x0  # (3, H, W)
+    eps = torch.randn(x0.shape, generator=generator)  # (3, H, W), shared by all rows
+    named = named_schedules(schedules)
+    fig, axes = plt.subplots(len(named), len(timesteps), figsize=(1.5 * len(timesteps), 1.65 * len(named)),
+                             squeeze=False)
+    for r, (name, s) in enumerate(named.items()):
+        a = alphas_cumprod(s)
+        for c, t in enumerate(timesteps):
+            xt = q_sample(x0[None], torch.tensor([t]), eps[None], a)  # (1, 3, H, W)
+            ax = axes[r, c]
+            ax.imshow(to_uint8(xt)[0], interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"t={t}\n" + r"$\bar\alpha$=" + f"{float(a[t]):.3g}", fontsize=7)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=7)
+    fig.tight_layout()
+    return fig

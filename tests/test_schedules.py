@@ -40,7 +40,7 @@ def test_alphas_cumprod_ends():
 
 
 def test_plots_return_figures():
-    from lab6.schedules import plot_alphas_cumprod, plot_forward_process
+    from lab6.plots import plot_alphas_cumprod, plot_forward_process
     fig = plot_alphas_cumprod()
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 2
     fig2 = plot_forward_process(torch.zeros(3, 16, 16), timesteps=(0, 500, 999),
