@@ -44,7 +44,7 @@ def sample_count_scene(rng: np.random.Generator) -> list[str]:
                 extras.append(f"{colour} {shape}")  # a copy
             elif r < 0.8:  # a look-alike
                 extras.append(f"{colour} {L.SHAPES[int(rng.integers(3))]}" if rng.random() < 0.5
-                              else f"{L.COLORS[int(rng.integers(8))]} {shape}")
+                              else f"{L.COLOURS[int(rng.integers(8))]} {shape}")
             else:
                 extras.append(L.OBJECTS[int(rng.integers(L.NUM_CLASSES))])
     return base + extras

@@ -359,10 +359,10 @@ def label_stats(label_sets: list[list[str]]) -> dict:
 
 def binding_stats(label_sets: list[list[str]]) -> dict:
     """How often a set repeats a colour across shapes or a shape across colours (attribute binding)."""
-    rep_color = sum(len({n.split()[0] for n in s}) < len(s) for s in label_sets)
+    rep_colour = sum(len({n.split()[0] for n in s}) < len(s) for s in label_sets)
     rep_shape = sum(len({n.split()[1] for n in s}) < len(s) for s in label_sets)
     multi = sum(len(s) > 1 for s in label_sets)
-    return {"multi_object_sets": multi, "repeated_colour": rep_color, "repeated_shape": rep_shape}
+    return {"multi_object_sets": multi, "repeated_colour": rep_colour, "repeated_shape": rep_shape}
 
 
 def unseen_pairs(label_sets: list[list[str]], train: dict[str, list[str]]) -> int:

@@ -301,7 +301,7 @@ def breakdown_from_probs(out: torch.Tensor, onehot_labels: torch.Tensor) -> list
         missed = [j for j in wanted if j not in top]
         extras = [j for j in top if j not in wanted]  # as many as `missed`, most probable first
         pairs: dict[int, tuple[str, int | None]] = {}
-        for kind, related in ((WRONG_SHAPE, lambda a, b: L.color_of(a) == L.color_of(b)),
+        for kind, related in ((WRONG_SHAPE, lambda a, b: L.colour_of(a) == L.colour_of(b)),
                               (WRONG_COLOUR, lambda a, b: L.shape_of(a) == L.shape_of(b))):
             for j in missed:
                 if j in pairs:

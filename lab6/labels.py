@@ -9,27 +9,27 @@ import torch
 from .errors import LabelError
 
 SHAPES = ("cube", "sphere", "cylinder")
-COLORS = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
+COLOURS = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
 # CLEVR's palette (sRGB 0-255): what the renderer paints and the plots' colour swatches.
 PALETTE: dict[str, tuple[int, int, int]] = {
     "gray": (87, 87, 87), "red": (173, 35, 35), "blue": (42, 75, 215), "green": (29, 105, 20),
     "brown": (129, 74, 25), "purple": (129, 38, 192), "cyan": (41, 208, 208), "yellow": (255, 238, 51),
 }
-# Course order: all cubes (0-7), then spheres (8-15), then cylinders (16-23); colours in COLORS order.
-OBJECTS: tuple[str, ...] = tuple(f"{color} {shape}" for shape in SHAPES for color in COLORS)
+# Course order: all cubes (0-7), then spheres (8-15), then cylinders (16-23); colours in COLOURS order.
+OBJECTS: tuple[str, ...] = tuple(f"{colour} {shape}" for shape in SHAPES for colour in COLOURS)
 OBJECT_TO_INDEX: dict[str, int] = {name: i for i, name in enumerate(OBJECTS)}
 NUM_CLASSES = len(OBJECTS)  # 24
 MAX_OBJECTS = 3  # iCLEVR scenes hold 1-3 objects
 
 
-def color_of(index: int) -> str:
+def colour_of(index: int) -> str:
     """Colour word of object `index`."""
-    return COLORS[index % len(COLORS)]
+    return COLOURS[index % len(COLOURS)]
 
 
 def shape_of(index: int) -> str:
     """Shape word of object `index`."""
-    return SHAPES[index // len(COLORS)]
+    return SHAPES[index // len(COLOURS)]
 
 
 def suggest(name: str, n: int = 3) -> list[str]:
@@ -53,7 +53,7 @@ def validate(labels: object, where: str = "label set", max_objects: int = MAX_OB
         if name not in OBJECT_TO_INDEX:
             close = suggest(name)
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else \
-                f"; valid names are '<colour> <shape>' with colours {', '.join(COLORS)} and shapes {', '.join(SHAPES)}"
+                f"; valid names are '<colour> <shape>' with colours {', '.join(COLOURS)} and shapes {', '.join(SHAPES)}"
             raise LabelError(f"{where}[{j}]: unknown object {name!r}{hint}")
         if name in seen:
             raise LabelError(f"{where}[{j}]: duplicate object {name!r}; each object may appear once per set")

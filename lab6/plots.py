@@ -10,7 +10,7 @@ from PIL import Image
 
 from .data import CourseData, load_image, to_uint8
 from .io import atomic_path
-from .labels import COLORS, OBJECTS, SHAPES
+from .labels import COLOURS, OBJECTS, SHAPES
 from .labels import PALETTE as _PALETTE
 from .schedules import alphas_cumprod, named_schedules, q_sample
 
@@ -293,8 +293,8 @@ def plot_confusions(results, title: str = ""):
     import matplotlib.pyplot as plt
 
     kinds = sorted({m.kind for r in results for m in r.misses}) or ["missing"]
-    by = {"colour": {c: dict.fromkeys(kinds, 0) for c in COLORS}, "shape": {s: dict.fromkeys(kinds, 0) for s in SHAPES}}
-    wanted = {"colour": dict.fromkeys(COLORS, 0), "shape": dict.fromkeys(SHAPES, 0)}
+    by = {"colour": {c: dict.fromkeys(kinds, 0) for c in COLOURS}, "shape": {s: dict.fromkeys(kinds, 0) for s in SHAPES}}
+    wanted = {"colour": dict.fromkeys(COLOURS, 0), "shape": dict.fromkeys(SHAPES, 0)}
     for r in results:
         for name in r.labels:
             c, s = name.split()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .data import to_uint8
-from .labels import COLORS, SHAPES
+from .labels import COLOURS, SHAPES
 from .plots import make_grid
 from .schedules import alphas_cumprod, q_sample
 
@@ -42,9 +42,9 @@ def label_picker(pipe, num_images: int = 4, steps: int = 25, guidance_scale: flo
 
     rows = []
     for i in range(3):
-        color = W.Dropdown(options=["-"] + list(COLORS), value=["red", "cyan", "cyan"][i], layout=W.Layout(width="110px"))
+        colour = W.Dropdown(options=["-"] + list(COLOURS), value=["red", "cyan", "cyan"][i], layout=W.Layout(width="110px"))
         shape = W.Dropdown(options=list(SHAPES), value=["sphere", "cylinder", "cube"][i], layout=W.Layout(width="110px"))
-        rows.append((color, shape))
+        rows.append((colour, shape))
     button = W.Button(description="Generate", button_style="primary")
     image = W.Image(format="png")
     status = W.Label()

@@ -7,10 +7,10 @@ from lab6.errors import Lab6Error, LabelError
 
 def test_vocabulary_order():
     assert len(L.OBJECTS) == L.NUM_CLASSES == 24
-    assert L.OBJECTS[:8] == tuple(f"{c} cube" for c in L.COLORS)
+    assert L.OBJECTS[:8] == tuple(f"{c} cube" for c in L.COLOURS)
     assert L.OBJECTS[8] == "gray sphere" and L.OBJECTS[16] == "gray cylinder" and L.OBJECTS[23] == "yellow cylinder"
     assert L.OBJECT_TO_INDEX["red sphere"] == 9
-    assert [L.color_of(i) for i in (0, 9, 23)] == ["gray", "red", "yellow"]
+    assert [L.colour_of(i) for i in (0, 9, 23)] == ["gray", "red", "yellow"]
     assert [L.shape_of(i) for i in (7, 8, 16)] == ["cube", "sphere", "cylinder"]
 
 

@@ -121,7 +121,7 @@ def test_drawn_objects_have_the_labelled_colour_and_nothing_else_is_drawn():
             for j, ob in enumerate(res.objects[:k + 1]):
                 inside = cov[j] >= 0.99
                 assert inside.sum() >= min_px, (names, k, j)
-                assert nearest_colour(img[inside]) == ob.color, (names, k, j)
+                assert nearest_colour(img[inside]) == ob.colour, (names, k, j)
             floor = img[cov.sum(0) == 0].astype(int)  # every pixel no object touches is neutral gray
             assert (floor.max(1) - floor.min(1)).max() <= 2
 

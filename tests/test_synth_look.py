@@ -51,7 +51,7 @@ def test_second_look_differs_for_the_same_scene_yet_keeps_every_colour():
         assert floor_b[0] - floor_b[2] > floor_a[0] - floor_a[2] + 8  # ... and warmer
         for j, ob in enumerate(b.objects):                      # each object still shows its labelled colour
             inside = b.coverage[-1][j] >= 0.99
-            assert inside.sum() >= 10 and nearest_colour(img[inside]) == ob.color, (i, j)
+            assert inside.sum() >= 10 and nearest_colour(img[inside]) == ob.colour, (i, j)
     objects = [ob for i in range(12) for ob in scene(second, i).objects]
     assert sum(ob.material == "metal" for ob in objects) > len(objects) / 2  # seven in ten are metal
     assert {ob.radius for ob in objects} <= {second.radius_large, second.radius_small}

@@ -63,7 +63,7 @@ BINDING_PATTERNS = (("two-two", 12), ("colour-in-3-shapes", 4), ("shape-in-3-col
 
 def binding_set(rng: np.random.Generator, kind: str) -> list[str]:
     """One label set of a binding pattern, e.g. 'two-two' = {c1 s1, c2 s1, c1 s2}."""
-    c = [str(x) for x in rng.permutation(L.COLORS)[:3]]
+    c = [str(x) for x in rng.permutation(L.COLOURS)[:3]]
     s = [str(x) for x in rng.permutation(L.SHAPES)]
     if kind == "two-two":
         out = [f"{c[0]} {s[0]}", f"{c[1]} {s[0]}", f"{c[0]} {s[1]}"]
@@ -102,9 +102,9 @@ def sample_new_test(seed: int, held: set[frozenset[str]]) -> list[list[str]]:
 
 def is_binding_heavy(labels: list[str]) -> bool:
     """True when two objects of the set share a colour or a shape."""
-    colors = [n.split()[0] for n in labels]
+    colours = [n.split()[0] for n in labels]
     shapes = [n.split()[1] for n in labels]
-    return len(labels) >= 2 and (len(set(colors)) < len(colors) or len(set(shapes)) < len(shapes))
+    return len(labels) >= 2 and (len(set(colours)) < len(colours) or len(set(shapes)) < len(shapes))
 
 
 def unseen_from_train(train_sets: list[list[str]], seed: int) -> tuple[list[list[str]], str]:

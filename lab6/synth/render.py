@@ -53,14 +53,14 @@ class _SceneRenderer:
 
     # -- placement
     def _sample_object(self, name: str) -> SceneObject:
-        color, shape = name.split()
+        colour, shape = name.split()
         rng, cfg = self.rng, self.cfg
         size = SIZES[int(rng.integers(2))]
         material = _draw_material(rng, cfg.metal_share)
         x, y = (float(v) for v in rng.uniform(-cfg.arena, cfg.arena, 2))
         theta = float(rng.uniform(0, math.pi / 2)) if shape == "cube" else float(rng.uniform(0, 2 * math.pi))
         radius = cfg.radius_large if size == "large" else cfg.radius_small
-        return SceneObject(color, shape, material, size, radius, x, y, theta)
+        return SceneObject(colour, shape, material, size, radius, x, y, theta)
 
     def _fits(self, ob: SceneObject) -> bool:
         for h in self.hits:
@@ -224,7 +224,7 @@ class _SceneRenderer:
                 d = depth[h.sl]
                 nearer = h.t < d
                 d[nearer] = h.t[nearer]
-                alb = _ALBEDO[h.ob.color]
+                alb = _ALBEDO[h.ob.colour]
                 for c in range(3):
                     col = alb[c] * (h.base + lit) + spec if tint[c] == 1.0 else \
                         alb[c] * (h.base + tint[c] * lit) + tint[c] * spec

@@ -109,7 +109,7 @@ def look_config(look: str = "default", **settings) -> SynthConfig:
 class SceneObject:
     """One object: label, material, size and placement (centre x, y on the floor; rotation theta about z)."""
 
-    color: str
+    colour: str
     shape: str
     material: str
     size: str
@@ -121,7 +121,7 @@ class SceneObject:
     @property
     def name(self) -> str:
         """The label, e.g. 'red sphere'."""
-        return f"{self.color} {self.shape}"
+        return f"{self.colour} {self.shape}"
 
     @property
     def half(self) -> tuple[float, float]:

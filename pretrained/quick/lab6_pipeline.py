@@ -38,8 +38,8 @@ Generator = torch.Generator | list[torch.Generator] | None
 PIPELINE_FILE, UNET_FILE = "lab6_pipeline.py", "lab6_model.py"  # the code copies that an export carries
 # lab6.labels' vocabulary, repeated so that this file stands alone: 8 cubes, 8 spheres, 8 cylinders (course order).
 SHAPES = ("cube", "sphere", "cylinder")
-COLORS = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
-OBJECTS = tuple(f"{color} {shape}" for shape in SHAPES for color in COLORS)
+COLOURS = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
+OBJECTS = tuple(f"{colour} {shape}" for shape in SHAPES for colour in COLOURS)
 MAX_OBJECTS = 3
 
 
@@ -98,7 +98,7 @@ def encode_label_set(names, where: str = "label set") -> torch.Tensor:
         if name not in OBJECTS:
             close = difflib.get_close_matches(str(name).strip().lower(), OBJECTS, n=3, cutoff=0.4)
             hint = (f"did you mean {' or '.join(map(repr, close))}?" if close else
-                    f"valid names are '<colour> <shape>' with colours {', '.join(COLORS)} and shapes {', '.join(SHAPES)}")
+                    f"valid names are '<colour> <shape>' with colours {', '.join(COLOURS)} and shapes {', '.join(SHAPES)}")
             raise LabelError(f"{where}[{j}]: unknown object {name!r}; {hint}")
         if row[OBJECTS.index(name)]:
             raise LabelError(f"{where}[{j}]: duplicate object {name!r}; each object may appear once per set")
