@@ -322,7 +322,7 @@ def check_compatible(ckpt: Path, cfg: Config) -> None:
                               f"with, or start a new run in another --out")
 
 
-def load_checkpoint(run: TrainState, ckpt: Path) -> int:
+def restore_checkpoint(run: TrainState, ckpt: Path) -> int:
     """Restore model, EMA, optimizer, LR scheduler and this process's RNG states; returns the step."""
     state = read_state(ckpt)
     acc, dev = run.accelerator, run.accelerator.device

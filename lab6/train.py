@@ -38,9 +38,9 @@ from .checkpoints import (
     ema_weights,
     export_pipeline,
     init_weights,
-    load_checkpoint,
     repair_partial_saves,
     resolve_resume,
+    restore_checkpoint,
     save_checkpoint,
     set_aside_later_checkpoints,
 )
@@ -374,7 +374,7 @@ def start_run_folder(run: TrainState, ckpt: Path | None, resume: str | None) -> 
     acc, out, main = run.accelerator, run.out, run.accelerator.is_main_process
     step = 0
     if ckpt is not None:
-        step = load_checkpoint(run, ckpt)
+        step = restore_checkpoint(run, ckpt)
         if main:
             print(f"resumed from {ckpt} at step {step}", flush=True)
     elif resume is not None and main:
