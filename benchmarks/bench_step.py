@@ -100,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                            masks, tr.foreground_weight)  # (B, 3, R, R), (B, 24), (B, 1, R, R) | None
 
     def loss_of(x0, y, pw):
-        return diffusion_loss(model, x0, y, ac, gen, cfg.schedule.prediction_type, tr.cond_drop_prob,
-                              tr.min_snr_gamma, tr.timestep_sampling, pw)
+        return diffusion_loss(model, x0, y, ac, gen, prediction_type=cfg.schedule.prediction_type,
+                              cond_drop_prob=tr.cond_drop_prob, min_snr_gamma=tr.min_snr_gamma,
+                              timestep_sampling=tr.timestep_sampling, pixel_weight=pw)
 
     def network_step():
         loss_of(x0, y, pw).backward()

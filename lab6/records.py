@@ -68,11 +68,11 @@ def run_speed(metrics_file: str | os.PathLike) -> tuple[float | None, float | No
 def training_stage(cfg: Config, steps: int, processes: int, precision: str, device: str, minutes: float | None,
                    img_per_s: float | None, recipe: str | None, date: str) -> dict:
     """One stage of stages.json: what this run did, with the precision and device that actually ran."""
-    t = cfg.train
-    return {"steps": steps, "images": steps * t.batch_size * processes, "batch_size": t.batch_size * processes,
-            "lr": t.lr, "lr_scheduler": t.lr_scheduler, "timestep_sampling": t.timestep_sampling,
-            "min_snr_gamma": t.min_snr_gamma, "foreground_weight": t.foreground_weight, "precision": precision,
-            "device": device, "minutes": minutes, "img_per_s": img_per_s, "init_from": t.init_from,
+    tc = cfg.train
+    return {"steps": steps, "images": steps * tc.batch_size * processes, "batch_size": tc.batch_size * processes,
+            "lr": tc.lr, "lr_scheduler": tc.lr_scheduler, "timestep_sampling": tc.timestep_sampling,
+            "min_snr_gamma": tc.min_snr_gamma, "foreground_weight": tc.foreground_weight, "precision": precision,
+            "device": device, "minutes": minutes, "img_per_s": img_per_s, "init_from": tc.init_from,
             "profile": cfg.profile, "recipe": recipe, "date": date}
 
 

@@ -66,7 +66,7 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float, prediction_type:
 
 
 def diffusion_loss(model, x0: torch.Tensor, labels: torch.Tensor, alphas_cumprod: torch.Tensor,
-                   generator: torch.Generator, prediction_type: str = "epsilon", cond_drop_prob: float = 0.0,
+                   generator: torch.Generator, *, prediction_type: str = "epsilon", cond_drop_prob: float = 0.0,
                    min_snr_gamma: float | None = None, timestep_sampling: str = "uniform",
                    pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
     """One Monte-Carlo estimate of the DDPM loss: t ~ U{0..T-1}, eps ~ N(0, I), ||target - f(x_t, t, y)||^2.
@@ -157,46 +157,47 @@ def wsd_factor(step: int, warmup: int, max_steps: int, decay_fraction: float) ->
 
 
 
-def make_lr_scheduler(t: TrainConfig, optimizer: torch.optim.Optimizer):
+def make_lr_scheduler(tc: TrainConfig, optimizer: torch.optim.Optimizer):
     """The LR schedule of train.lr_scheduler: diffusers' get_scheduler, or warmup_stable_decay (Hägele et al. 2024)."""
-    if t.lr_scheduler == "warmup_stable_decay":
+    if tc.lr_scheduler == "warmup_stable_decay":
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, functools.partial(wsd_factor, warmup=t.lr_warmup_steps, max_steps=t.max_steps,
-                                         decay_fraction=t.lr_decay_fraction))
-    return get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.lr_warmup_steps,
-                         num_training_steps=t.max_steps)
+            optimizer, functools.partial(wsd_factor, warmup=tc.lr_warmup_steps, max_steps=tc.max_steps,
+                                         decay_fraction=tc.lr_decay_fraction))
+    return get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=tc.lr_warmup_steps,
+                         num_training_steps=tc.max_steps)
 
 
 
 # ---------------------------------------------------------------- a time budget as a step count
 def measure_speed(cfg: Config, steps: int = 8, warmup: int = 3) -> float:
     """Training images per second of cfg's model, loss and batch on train.device (random images, a few seconds)."""
-    t = cfg.train
-    device = resolve_device(t.device, "train.device")
-    if t.num_threads:
-        torch.set_num_threads(t.num_threads)
+    tc = cfg.train
+    device = resolve_device(tc.device, "train.device")
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
     g = torch.Generator().manual_seed(0)
     model = build_model(cfg.model).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr)
     alphas_cumprod = make_scheduler(cfg.schedule, "ddpm").alphas_cumprod.to(device, torch.float32)  # (T,)
     r = cfg.model.sample_size
-    x0 = torch.randn(t.batch_size, 3, r, r, generator=g).to(device)  # (B, 3, R, R)
-    y = torch.zeros(t.batch_size, 24, device=device)
+    x0 = torch.randn(tc.batch_size, 3, r, r, generator=g).to(device)  # (B, 3, R, R)
+    y = torch.zeros(tc.batch_size, 24, device=device)
     y[:, 1], y[:, 14] = 1.0, 1.0  # (B, 24): a red cube and a green cylinder
-    pw = torch.ones(t.batch_size, 1, r, r, device=device) if t.foreground_weight > 0 else None
+    pw = torch.ones(tc.batch_size, 1, r, r, device=device) if tc.foreground_weight > 0 else None
     for i in range(warmup + steps):
         if i == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        loss = diffusion_loss(model, x0, y, alphas_cumprod, g, cfg.schedule.prediction_type, t.cond_drop_prob,
-                              t.min_snr_gamma, t.timestep_sampling, pw)
+        loss = diffusion_loss(model, x0, y, alphas_cumprod, g, prediction_type=cfg.schedule.prediction_type,
+                              cond_drop_prob=tc.cond_drop_prob, min_snr_gamma=tc.min_snr_gamma,
+                              timestep_sampling=tc.timestep_sampling, pixel_weight=pw)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps * t.batch_size / (time.perf_counter() - start)
+    return steps * tc.batch_size / (time.perf_counter() - start)
 
 
 # The training loop (batches from uint8, EMA, grad clip, logging) runs at about LOOP_SHARE of measure_speed's rate
@@ -308,14 +309,14 @@ def _validate(run: TrainState, validator: Validator, step: int, bar, callback=No
 
 
 # ---------------------------------------------------------------- setting up a run
-def make_accelerator(t: TrainConfig) -> Accelerator:
+def make_accelerator(tc: TrainConfig) -> Accelerator:
     """An Accelerator on train.device (cuda when available), with train.mixed_precision on CUDA only."""
-    device = resolve_device(t.device, "train.device")
-    if t.num_threads:
-        torch.set_num_threads(t.num_threads)
+    device = resolve_device(tc.device, "train.device")
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device.index)
-    mp = t.mixed_precision if device.type == "cuda" else "no"
+    mp = tc.mixed_precision if device.type == "cuda" else "no"
     return Accelerator(cpu=device.type == "cpu", mixed_precision=mp)
 
 
@@ -353,20 +354,20 @@ def load_training_set(cfg: Config, data_root: Path) -> TrainingSet:
 
 def build_state(cfg: Config, accelerator: Accelerator, init_from: str | None) -> TrainState:
     """Model (from init_from's weights when given), EMA, AdamW, LR schedule and this process's noise generator."""
-    t = cfg.train
-    torch.manual_seed(t.seed)  # same initial weights on every process
+    tc = cfg.train
+    torch.manual_seed(tc.seed)  # same initial weights on every process
     model = build_model(cfg.model)
     if init_from is not None:
         init_weights(model, Path(init_from))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
-                                  weight_decay=t.weight_decay)
-    lr_scheduler = make_lr_scheduler(t, optimizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
+                                  weight_decay=tc.weight_decay)
+    lr_scheduler = make_lr_scheduler(tc, optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)  # LR scheduler stepped by hand: once per step
     unwrapped = accelerator.unwrap_model(model)
-    ema = EMAModel(unwrapped.parameters(), decay=t.ema_decay, use_ema_warmup=t.ema_warmup, foreach=True,
+    ema = EMAModel(unwrapped.parameters(), decay=tc.ema_decay, use_ema_warmup=tc.ema_warmup, foreach=True,
                    model_cls=ConditionalUNet, model_config=unwrapped.config)
-    generator = torch.Generator().manual_seed(t.seed * 7919 + 104729 * (accelerator.process_index + 1))
-    return TrainState(cfg, Path(t.output_dir), accelerator, model, ema, optimizer, lr_scheduler, generator)
+    generator = torch.Generator().manual_seed(tc.seed * 7919 + 104729 * (accelerator.process_index + 1))
+    return TrainState(cfg, Path(tc.output_dir), accelerator, model, ema, optimizer, lr_scheduler, generator)
 
 
 def start_run_folder(run: TrainState, ckpt: Path | None, resume: str | None) -> int:
@@ -422,8 +423,8 @@ def check_before_save(run: TrainState, window: LossWindow, step: int, last_ckpt:
 
 def time_to_stop(run: TrainState, stops: StopSignals, window: LossWindow, step: int) -> bool:
     """True at the time budget; KeyboardInterrupt after a stop signal. Every process stops at the same step."""
-    acc, t = run.accelerator, run.cfg.train
-    over = t.max_minutes is not None and time.monotonic() - window.start > 60 * t.max_minutes
+    acc, tc = run.accelerator, run.cfg.train
+    over = tc.max_minutes is not None and time.monotonic() - window.start > 60 * tc.max_minutes
     stop = stops.received is not None
     if acc.num_processes > 1:
         flags = acc.reduce(torch.tensor([float(over), float(stop)], device=acc.device), "max")
@@ -431,16 +432,16 @@ def time_to_stop(run: TrainState, stops: StopSignals, window: LossWindow, step: 
     if stop:
         raise KeyboardInterrupt
     if over and acc.is_main_process:
-        print(f"time budget of {t.max_minutes} min reached at step {step}", flush=True)
+        print(f"time budget of {tc.max_minutes} min reached at step {step}", flush=True)
     return over
 
 
 def log_window(run: TrainState, window: LossWindow, spikes: LossSpikeWatch, step: int, last_ckpt: int, bar,
                callback) -> None:
     """Write the window's {step, loss, lr, img_per_s, elapsed_s} record; stop on a NaN loss, warn on a spike."""
-    acc, out, t = run.accelerator, run.out, run.cfg.train
+    acc, out, tc = run.accelerator, run.out, run.cfg.train
     now = time.monotonic()
-    ips = window.n * t.batch_size * acc.num_processes / max(now - window.began, 1e-9)
+    ips = window.n * tc.batch_size * acc.num_processes / max(now - window.began, 1e-9)
     mean_loss = window.mean()
     check_finite(mean_loss, step, last_ckpt, out)
     spike = spikes(mean_loss, window.n, step)
@@ -458,28 +459,30 @@ def log_window(run: TrainState, window: LossWindow, spikes: LossSpikeWatch, step
     window.reset(now)
 
 
-def run_steps(run: TrainState, data: TrainingSet, validator: Validator | None, window: LossWindow, step: int,
+def run_steps(run: TrainState, data: TrainingSet, validator: Validator | None, window: LossWindow, *, step: int,
               last_ckpt: int, stops: StopSignals, bar, callback) -> tuple[int, int, bool]:
     """Algorithm 1 from `step` until train.max_steps, the time budget or a stop signal, with the periodic log,
     checkpoints and validation; returns (step, step of the last checkpoint, whether a signal stopped it)."""
-    cfg, t, acc = run.cfg, run.cfg.train, run.accelerator
+    cfg, tc, acc = run.cfg, run.cfg.train, run.accelerator
     alphas_cumprod = make_scheduler(cfg.schedule, "ddpm").alphas_cumprod.to(acc.device, torch.float32)  # (T,)
-    order, rank = BatchOrder(len(data.images), t.seed), acc.process_index
-    global_batch = t.batch_size * acc.num_processes
-    spikes = LossSpikeWatch(after=step + max(t.lr_warmup_steps, 100))
+    order, rank = BatchOrder(len(data.images), tc.seed), acc.process_index
+    global_batch = tc.batch_size * acc.num_processes
+    spikes = LossSpikeWatch(after=step + max(tc.lr_warmup_steps, 100))
     rng, mid_update = run.generator.get_state(), False  # the noise RNG at the last step boundary
     run.model.train()
     try:
-        while step < t.max_steps and not time_to_stop(run, stops, window, step):
+        while step < tc.max_steps and not time_to_stop(run, stops, window, step):
             # One optimiser step on this process's share of batch `step`
-            idx = order.indices(step, global_batch)[rank * t.batch_size:(rank + 1) * t.batch_size]  # (B,)
-            x0, y, pw = make_batch(data.images, data.labels, idx, run.generator, t.hflip, acc.device, data.masks,
-                                   t.foreground_weight)
-            loss = diffusion_loss(run.model, x0, y, alphas_cumprod, run.generator, cfg.schedule.prediction_type,
-                                  t.cond_drop_prob, t.min_snr_gamma, t.timestep_sampling, pw)
+            idx = order.indices(step, global_batch)[rank * tc.batch_size:(rank + 1) * tc.batch_size]  # (B,)
+            x0, y, pw = make_batch(data.images, data.labels, idx, run.generator, tc.hflip, acc.device, data.masks,
+                                   tc.foreground_weight)
+            loss = diffusion_loss(run.model, x0, y, alphas_cumprod, run.generator,
+                                  prediction_type=cfg.schedule.prediction_type, cond_drop_prob=tc.cond_drop_prob,
+                                  min_snr_gamma=tc.min_snr_gamma, timestep_sampling=tc.timestep_sampling,
+                                  pixel_weight=pw)
             acc.backward(loss)
-            if t.grad_clip > 0:
-                acc.clip_grad_norm_(run.model.parameters(), t.grad_clip)
+            if tc.grad_clip > 0:
+                acc.clip_grad_norm_(run.model.parameters(), tc.grad_clip)
             mid_update = True
             run.optimizer.step()
             run.lr_scheduler.step()
@@ -490,16 +493,16 @@ def run_steps(run: TrainState, data: TrainingSet, validator: Validator | None, w
             window.add(loss)
 
             # Log, checkpoint and validate; their time does not count against img/s
-            if step % t.log_every == 0 or step == t.max_steps:
+            if step % tc.log_every == 0 or step == tc.max_steps:
                 log_window(run, window, spikes, step, last_ckpt, bar, callback)
             bar.update(1)
             pause = time.monotonic()
-            if step % t.checkpoint_every == 0 and step < t.max_steps:
+            if step % tc.checkpoint_every == 0 and step < tc.max_steps:
                 check_before_save(run, window, step, last_ckpt)
                 save_checkpoint(run, step)
                 last_ckpt = step
-            if (t.validate_every and step % t.validate_every == 0) or step in t.validate_at:
-                if validator is not None and step < t.max_steps:
+            if (tc.validate_every and step % tc.validate_every == 0) or step in tc.validate_at:
+                if validator is not None and step < tc.max_steps:
                     _validate(run, validator, step, bar, callback)
                 acc.wait_for_everyone()
             window.began += time.monotonic() - pause
@@ -525,33 +528,34 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True,
     `callback(record)` gets every metrics.jsonl record (e.g. lab6.plots.LivePlot in a notebook); `recipe` (the
     --config file) is recorded in the export's stages.json.
     """
-    t = cfg.train
+    tc = cfg.train
     # Check every input before the output folder is created, so a bad one leaves nothing behind
-    accelerator = make_accelerator(t)
+    accelerator = make_accelerator(tc)
     main = accelerator.is_main_process
     ckpt = find_resume_checkpoint(accelerator, cfg, resume)
-    data_root = Path(t.data_root) if t.data_root else default_data_root()
-    validator = Validator(cfg, data_root, accelerator.device) if main and t.validate_num > 0 else None
+    data_root = Path(tc.data_root) if tc.data_root else default_data_root()
+    validator = Validator(cfg, data_root, accelerator.device) if main and tc.validate_num > 0 else None
     data = load_training_set(cfg, data_root)
 
     # Initialize the model, EMA, optimizer and LR schedule; resume them from the checkpoint
-    run = build_state(cfg, accelerator, t.init_from if ckpt is None else None)
+    run = build_state(cfg, accelerator, tc.init_from if ckpt is None else None)
     run.recipe = recipe
     step = start_step = start_run_folder(run, ckpt, resume)
     if main:
         mp = accelerator.mixed_precision
         print(f"profile {cfg.profile}: {count_parameters(accelerator.unwrap_model(run.model)) / 1e6:.2f} M "
-              f"parameters, {len(data.images)} images at {cfg.model.sample_size}px, batch {t.batch_size} x "
+              f"parameters, {len(data.images)} images at {cfg.model.sample_size}px, batch {tc.batch_size} x "
               f"{accelerator.num_processes} process(es) on {accelerator.device}, {mp if mp != 'no' else 'fp32'}",
               flush=True)
 
     # Train!
     window, stops = LossWindow(accelerator), StopSignals()
-    bar = tqdm(total=t.max_steps, initial=step, disable=not (progress and main), desc="train", dynamic_ncols=True)
+    bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and main), desc="train", dynamic_ncols=True)
     try:
         with stops.installed():
-            step, last_ckpt, interrupted = run_steps(run, data, validator, window, step,
-                                                     step if ckpt is not None else -1, stops, bar, callback)
+            step, last_ckpt, interrupted = run_steps(run, data, validator, window, step=step,
+                                                     last_ckpt=step if ckpt is not None else -1, stops=stops,
+                                                     bar=bar, callback=callback)
     finally:
         bar.close()
 

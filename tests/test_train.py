@@ -68,7 +68,7 @@ def test_loss_falls_on_a_fixed_batch():
     y = L.encode_batch([[L.OBJECTS[i]] for i in range(8)])
     losses = []
     for _ in range(40):
-        loss = diffusion_loss(model, x0, y, ac, torch.Generator().manual_seed(2), "v_prediction")
+        loss = diffusion_loss(model, x0, y, ac, torch.Generator().manual_seed(2), prediction_type="v_prediction")
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -90,7 +90,7 @@ def test_timestep_sampling_estimates_the_min_snr_loss(sampling):
     x0 = torch.zeros(40000, 1, 2, 2)
     y = torch.zeros(40000, 24)
     loss = diffusion_loss(lambda xt, t, labels: torch.zeros_like(xt), x0, y, ac, torch.Generator().manual_seed(0),
-                          "v_prediction", 0.0, 5.0, sampling)
+                          prediction_type="v_prediction", min_snr_gamma=5.0, timestep_sampling=sampling)
     assert abs(float(loss) - exact) < 0.02 * exact, (float(loss), exact)
     uniform_mean = float(ac.mean())  # what an unweighted loss would estimate: far from `exact`
     assert abs(uniform_mean - exact) > 0.2 * exact
@@ -102,7 +102,7 @@ def test_importance_sampling_needs_min_snr():
     ac = alphas_cumprod(PROFILES["tiny"].schedule).float()
     with pytest.raises(ConfigError, match="min_snr_gamma"):
         diffusion_loss(lambda xt, t, labels: xt, torch.zeros(2, 3, 4, 4), torch.zeros(2, 24), ac,
-                       torch.Generator(), "v_prediction", 0.0, None, "importance")
+                       torch.Generator(), prediction_type="v_prediction", timestep_sampling="importance")
 
 
 def test_pixel_weights_ignore_what_they_zero_and_keep_the_scale():
