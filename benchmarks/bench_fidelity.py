@@ -4,7 +4,8 @@
         [--seeds 0-10] [--data data/synth] [--out DIR]
 
 For every model and setting (a lab6.compare.SAMPLER_SETTINGS name or none for the model's own sampler, `@w` for the
-guidance scale, `+o` for composable guidance of weight o per object beside it; default the model's), samples each
+guidance scale, `+o` for composable guidance of weight o per object beside it, `:shift` / `:noshift` to move the patch
+grid at every step or not; default the model's), samples each
 label set of test, new_test and unseen_test once per seed and reports per split the course's top-k accuracy and the
 count checker's exact-scene accuracy (mean over seeds), the share of images with a duplicated / unrequested /
 missing object, the evaluator's wrong-shape misses, and pooled over all images FID and KID on the evaluator's
@@ -53,12 +54,18 @@ HEADER = ["model", "setting", "judges", "split", "top-k", "exact", "duplicate", 
           "wrong shape", "FID", "KID x1e3", "grain", "s / 32 img"]
 
 
-def parse_settings(text: str) -> list[tuple[str | None, str | None, int | None, float | None, float | None]]:
-    """'SDE-DPM++-25@4,DPM++-20,@3+1' -> [(name, sampler, steps, guidance, per-object guidance)], None meaning the
-    model's own; a bare '@w+o' keeps the model's sampler, '+o' adds composable guidance of weight o per object."""
+def parse_settings(text: str) -> list[tuple[str | None, str | None, int | None, float | None, float | None,
+                                             bool | None]]:
+    """'SDE-DPM++-25@4,DPM++-20,@3+1:shift' -> [(name, sampler, steps, guidance, per-object guidance, shifted
+    patches)], None meaning the model's own; a bare '@w+o' keeps the model's sampler, '+o' adds composable guidance
+    of weight o per object, ':shift' / ':noshift' moves (or keeps) the patch grid at every step."""
     known = {s[0]: s for s in SAMPLER_SETTINGS}
+    shifts = {"": None, "shift": True, "noshift": False}
     out = []
     for item in filter(None, (t.strip() for t in text.split(","))):
+        item, _, shift = item.partition(":")
+        if shift not in shifts:
+            raise SystemExit(f"error: --settings: {shift!r}: expected ':shift' or ':noshift' after a setting")
         name, _, scales = item.partition("@")
         if name and name not in known:
             raise SystemExit(f"error: --settings: unknown {name!r}; choose from {', '.join(known)} (or none: '@w')")
@@ -67,7 +74,7 @@ def parse_settings(text: str) -> list[tuple[str | None, str | None, int | None, 
             w, o = (float(w) if w else None), (float(o) if o else None)
         except ValueError:
             raise SystemExit(f"error: --settings: {item!r}: expected NAME@w or NAME@w+o with numbers") from None
-        out.append((name or None, *(known[name][1:3] if name else (None, None)), w, o))
+        out.append((name or None, *(known[name][1:3] if name else (None, None)), w, o, shifts[shift]))
     return out
 
 
@@ -141,21 +148,22 @@ def main(argv: list[str] | None = None) -> int:
     record("ground truth", f"render seed {FLOOR_SEED} vs {REAL_SEED}", floor, None)
     for model in filter(None, args.models.split(",")):
         pipe = load_pipeline(model, device="cpu")
-        for name, sampler, steps, w, o in parse_settings(args.settings) or [(None, None, None, None, None)]:
+        for name, sampler, steps, w, o, shift in parse_settings(args.settings) or [(None,) * 6]:
             chunks, t0 = [], time.perf_counter()
             for seed in seeds:
                 for split in splits:
                     chunks.append(sample(pipe, splits[split], sampler=sampler, num_steps=steps, guidance_scale=w,
-                                         seed=seed, object_guidance_scale=o).images)
+                                         seed=seed, object_guidance_scale=o, shift_patches=shift).images)
             seconds = (time.perf_counter() - t0) / len(chunks)
             images = torch.cat(chunks)
             o = pipe.resolve_object_scale(o)
+            shift = pipe.config.get("default_shift_patches", False) if shift is None else shift
             label = (f"{name or 'default'}@{w if w is not None else pipe.config.default_guidance_scale:g}"
-                     + (f"+{o:g}" if o else ""))
+                     + (f"+{o:g}" if o else "") + (":shift" if shift else ""))
             record(model, label, images, seconds)
             folder = Path(model)  # an export folder named pipeline/ or fp16/ is named by its run
             name = f"{folder.parent.name}-{folder.name}" if folder.name in ("pipeline", "fp16") else folder.name
-            tag = f"{name}-{label}".replace("@", "-w").replace("+", "p")
+            tag = f"{name}-{label}".replace("@", "-w").replace("+", "p").replace(":", "-")
             figure(images[:32], real[:32], all_sets[:32], out / f"{tag}.png")
     load["end"] = load_average()
     results["load_average"] = load

@@ -221,6 +221,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--object-guidance", type=float, default=None, metavar="O",
                    help="composable guidance: one more term of weight O per object of sets of two or more, beside "
                         "the whole set's (0 = none; default: the model's)")
+    p.add_argument("--shift-patches", action=argparse.BooleanOptionalAction, default=None,
+                   help="move a patch model's patch grid by a few pixels at every step, so its seams do not add up "
+                        "to a grain (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--evaluator", default=None, help="evaluator checkpoint (default: found automatically)")
     p.add_argument("--device", default=None, help="cpu or cuda")
@@ -266,7 +269,7 @@ def _cmd_sample(args) -> int:
     batch_size = 64 if args.batch_size is None else args.batch_size
     m = sample_split(pipe, sets, args.out, name, evaluator=evaluator, seed=args.seed, sampler=args.sampler,
                      num_steps=args.steps, guidance_scale=args.guidance, batch_size=batch_size,
-                     object_guidance_scale=args.object_guidance,
+                     object_guidance_scale=args.object_guidance, shift_patches=args.shift_patches,
                      progress=not args.no_progress, data_root=label_path.parent, device=args.device,
                      label_file=str(label_path), model=str(args.model))
     acc = "n/a (no evaluator)" if m["accuracy"] is None else f"{m['accuracy']:.4f} ({m['hits']}/{m['labels']})"
@@ -274,7 +277,7 @@ def _cmd_sample(args) -> int:
     print(f"{name}: accuracy {acc}; {m['images']} images in {out / name}, grid {out / (name + '_grid.png')} "
           f"[{m['sampler']}, {m['steps']} steps, guidance {m['guidance']:g}"
           + (f" + {m['object_guidance']:g} per object" if m["object_guidance"] else "")
-          + f", seed {m['seed']}, {m['seconds']:.1f} s]")
+          + (", shifted patches" if m["shift_patches"] else "") + f", seed {m['seed']}, {m['seconds']:.1f} s]")
     return 0
 
 

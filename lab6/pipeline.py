@@ -19,6 +19,7 @@ import difflib
 import importlib
 import inspect
 import json
+import math
 import os
 import re
 import tempfile
@@ -79,6 +80,24 @@ def composed(out_set: torch.Tensor, out_uncond: torch.Tensor, out_objects: torch
     uncond), one term per object i of its set; out_objects (M, ...) belongs to the sets `owner` (M,) names."""
     out = guided(out_set, out_uncond, guidance_scale)                  # (B, 3, r, r)
     return out.index_add(0, owner, object_scale * (out_objects - out_uncond[owner]))
+
+
+def patch_offset(i: int, patch: int) -> tuple[int, int]:
+    """Pixel offset (dy, dx) of step i's patch grid: a stride coprime to patch**2 visits every offset once in
+    patch**2 steps, spread over the image rather than along a row; (0, 0) for a model without patches."""
+    n = patch * patch
+    if n <= 1:
+        return 0, 0
+    stride = next(k for k in range(n // 2 + 1, 2 * n) if math.gcd(k, n) == 1)
+    return divmod(i * stride % n, patch)
+
+
+def shifted(predict, xt: torch.Tensor, offset: tuple[int, int], *args) -> torch.Tensor:
+    """predict(x_t, *args) with x_t rolled by `offset` pixels (dy, dx) and the output rolled back: the patch grid
+    moves over the image, so its seams fall elsewhere at every step instead of adding up at the same pixels."""
+    if offset == (0, 0):
+        return predict(xt, *args)
+    return torch.roll(predict(torch.roll(xt, offset, (2, 3)), *args), (-offset[0], -offset[1]), (2, 3))
 
 
 def guided(out_cond: torch.Tensor, out_uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -212,12 +231,14 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet"
 
     def __init__(self, unet, scheduler, default_num_inference_steps: int = 25, default_guidance_scale: float = 1.0,
-                 default_eta: float = 0.0, default_object_guidance_scale: float = 0.0):
+                 default_eta: float = 0.0, default_object_guidance_scale: float = 0.0,
+                 default_shift_patches: bool = False):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(default_num_inference_steps=int(default_num_inference_steps),
                                 default_guidance_scale=float(default_guidance_scale), default_eta=float(default_eta),
-                                default_object_guidance_scale=float(default_object_guidance_scale))
+                                default_object_guidance_scale=float(default_object_guidance_scale),
+                                default_shift_patches=bool(default_shift_patches))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -309,13 +330,16 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         object_guidance_scale: float | None = None,
+        shift_patches: bool | None = None,
     ):
         """Sample one image per label set; `capture_steps` are loop indices (0 = first, -1 = last) to record.
         `eta` (DDIM's noise, 0 = deterministic; other samplers ignore it) defaults to the saved default_eta;
-        `object_guidance_scale` (one guidance term per object beside the set's, `composed`) to the saved one or 0."""
+        `object_guidance_scale` (one guidance term per object beside the set's, `composed`) to the saved one or 0;
+        `shift_patches` (move a patch model's grid by `patch_offset(i)` at step i, `shifted`) to the saved one."""
         y_all = as_multi_hot(labels)  # (B, 24)
         steps, scale, eta = self.resolve_settings(num_inference_steps, guidance_scale, eta)
         object_scale = self.resolve_object_scale(object_guidance_scale)
+        shift = bool(self.config.get("default_shift_patches", False) if shift_patches is None else shift_patches)
         if batch_size is not None and batch_size <= 0:
             raise ConfigError(f"batch_size: must be > 0 (or None for all at once), got {batch_size}")
         if output_type not in ("pil", "pt", "np"):
@@ -327,6 +351,7 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
         bs = n if batch_size is None else batch_size
         cfg = self.unet.config
         r, size = cfg.sample_size, cfg.output_size
+        patch = int(cfg.get("patch_size", 1) or 1) if shift else 1
         dtype = next(self.unet.parameters()).dtype
         # One draw of x_T for the whole set, so images do not depend on batch_size.
         x_T = randn_tensor((n, cfg.in_channels, r, r), generator=generator, device=self.device, dtype=dtype)
@@ -342,7 +367,7 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
             cap_xt, cap_x0, cap_t = [], [], []
             for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
                 x_in = self.scheduler.scale_model_input(xt, t)  # (b, 3, r, r)
-                out = self.predict(x_in, t, y, scale, object_scale)  # (b, 3, r, r)
+                out = shifted(self.predict, x_in, patch_offset(i, patch), t, y, scale, object_scale)  # (b, 3, r, r)
                 if i in capture:
                     tt = t.reshape(1).expand(len(xt)).cpu()
                     x0 = estimate_x0(xt.float(), tt, out.float(), self.scheduler.config.prediction_type,

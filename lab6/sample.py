@@ -127,14 +127,15 @@ def generators(seed: int, n: int) -> list[torch.Generator]:
 def sample(pipe: ConditionalDDPMPipeline, labels, sampler: str | None = None, num_steps: int | None = None,
            guidance_scale: float | None = None, seed: int = 0, batch_size: int | None = 64,
            capture_steps: Sequence[int] | None = None, eta: float | None = None,
-           progress: bool = False, object_guidance_scale: float | None = None) -> ConditionalDDPMPipelineOutput:
+           progress: bool = False, object_guidance_scale: float | None = None,
+           shift_patches: bool | None = None) -> ConditionalDDPMPipelineOutput:
     """Images (B, 3, 64, 64) in [-1, 1] for label sets, seeded per image; defaults: the model's saved ones."""
     set_sampler(pipe, sampler)
     pipe.set_progress_bar_config(disable=not progress, leave=False)
     n = len(as_multi_hot(labels))
     return pipe(labels=labels, num_inference_steps=num_steps, guidance_scale=guidance_scale,
                 generator=generators(seed, n), eta=eta, batch_size=batch_size, capture_steps=capture_steps,
-                output_type="pt", object_guidance_scale=object_guidance_scale)
+                output_type="pt", object_guidance_scale=object_guidance_scale, shift_patches=shift_patches)
 
 
 def score(images: torch.Tensor, labels, evaluator=None, device: str | None = None,
@@ -163,14 +164,15 @@ def sample_split(pipe: ConditionalDDPMPipeline, label_sets, out: str | os.PathLi
                  seed: int = 0, sampler: str | None = None, num_steps: int | None = None,
                  guidance_scale: float | None = None, batch_size: int | None = 64, progress: bool = False,
                  data_root: str | os.PathLike | None = None, device: str | None = None,
-                 object_guidance_scale: float | None = None, **info) -> dict:
+                 object_guidance_scale: float | None = None, shift_patches: bool | None = None, **info) -> dict:
     """Sample a label file's sets, write <out>/<name>/<i>.png, <out>/<name>_grid.png, <out>/<name>_metrics.json."""
     set_sampler(pipe, sampler)
     steps, guidance, _ = pipe.resolve_settings(num_steps, guidance_scale)  # what the metrics record
     per_object = pipe.resolve_object_scale(object_guidance_scale)
+    shift = bool(pipe.config.get("default_shift_patches", False) if shift_patches is None else shift_patches)
     t0 = time.monotonic()
     result = sample(pipe, label_sets, num_steps=steps, guidance_scale=guidance, seed=seed,
-                    batch_size=batch_size, progress=progress, object_guidance_scale=per_object)
+                    batch_size=batch_size, progress=progress, object_guidance_scale=per_object, shift_patches=shift)
     seconds = time.monotonic() - t0
     scored = score(result.images, label_sets, evaluator, device, data_root)  # first: a refusal writes nothing
     write_deliverables(result.images, out, name)
@@ -178,6 +180,7 @@ def sample_split(pipe: ConditionalDDPMPipeline, label_sets, out: str | os.PathLi
                "hits": None if scored is None else scored[1],
                "labels": None if scored is None else scored[2],
                "images": len(result.images), "sampler": sampler_name(pipe.scheduler), "steps": steps,
-               "guidance": guidance, "object_guidance": per_object, "seed": seed, "seconds": round(seconds, 2), **info}
+               "guidance": guidance, "object_guidance": per_object, "shift_patches": shift, "seed": seed,
+               "seconds": round(seconds, 2), **info}
     write_json(Path(out) / f"{name}_metrics.json", metrics)
     return metrics

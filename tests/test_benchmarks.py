@@ -55,14 +55,15 @@ def run_in_process(script: str, *args: str) -> str:
     return buf.getvalue()
 
 
-def test_fidelity_settings_name_sampler_guidance_and_per_object_guidance():
+def test_fidelity_settings_name_sampler_guidance_per_object_guidance_and_shift():
     spec = importlib.util.spec_from_file_location("_bench_fidelity_settings", BENCH / "bench_fidelity.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.parse_settings("DDIM-25@2, @3+1,@3,DPM++-20") == [
-        ("DDIM-25", "ddim", 25, 2.0, None), (None, None, None, 3.0, 1.0), (None, None, None, 3.0, None),
-        ("DPM++-20", "dpm", 20, None, None)]
-    for bad, message in (("EULER@2", "unknown 'EULER'"), ("@3+x", "expected NAME@w or NAME@w+o")):
+    assert module.parse_settings("DDIM-25@2, @3+1,@3:shift,DPM++-20:noshift") == [
+        ("DDIM-25", "ddim", 25, 2.0, None, None), (None, None, None, 3.0, 1.0, None),
+        (None, None, None, 3.0, None, True), ("DPM++-20", "dpm", 20, None, None, False)]
+    for bad, message in (("EULER@2", "unknown 'EULER'"), ("@3+x", "expected NAME@w or NAME@w+o"),
+                         ("@3:roll", "expected ':shift' or ':noshift'")):
         with pytest.raises(SystemExit, match=re.escape(message)):
             module.parse_settings(bad)
 

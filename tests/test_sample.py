@@ -9,7 +9,7 @@ from lab6.checkpoints import build_pipeline
 from lab6.config import PROFILES
 from lab6.errors import ConfigError, LabelError
 from lab6.model import build_model
-from lab6.pipeline import ConditionalDDPMPipeline, composed, guided, object_rows
+from lab6.pipeline import ConditionalDDPMPipeline, composed, guided, object_rows, patch_offset, shifted
 from lab6.sample import generators, load_pipeline, sample, set_sampler
 from lab6.schedules import make_scheduler, sampler_name
 
@@ -98,6 +98,46 @@ def test_composable_guidance_adds_one_term_per_object_of_sets_of_two_or_more(pip
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="object_guidance_scale: must be >= 0"):
             run(object_guidance_scale=bad)
+
+
+def test_patch_offsets_visit_every_place_in_a_patch_and_shifted_rolls_back():
+    """patch_offset visits each of the p x p offsets once in p*p steps ((0, 0) without patches); `shifted` rolls
+    x_t by it and the output back: a per-pixel function is unchanged, a function of place is moved."""
+    for p in (2, 3, 4):
+        assert sorted(patch_offset(i, p) for i in range(p * p)) == [(a, b) for a in range(p) for b in range(p)]
+        assert patch_offset(p * p, p) == (0, 0)
+    assert {patch_offset(i, 1) for i in range(5)} == {(0, 0)}
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(shifted(lambda v, k: k * v, x, (1, 3), 2.0), 2 * x)
+
+    def corner_zeroed(v):
+        out = v.clone()
+        out[..., 0, 0] = 0
+        return out
+    out = shifted(corner_zeroed, x, (1, 3))
+    assert (out[..., 7, 5] == 0).all() and (out[..., 0, 0] == x[..., 0, 0]).all()
+    assert torch.equal(shifted(corner_zeroed, x, (0, 0)), corner_zeroed(x))
+
+
+def test_shift_patches_changes_a_patch_model_only_and_its_default_travels_with_the_export(pipe, tmp_path):
+    """With shift_patches a patch model samples other images (its grid moves every step); a model without patches
+    (the tiny profile's) the same ones; default_shift_patches is saved with the export and read back."""
+    import dataclasses
+    run = lambda p, **kw: sample(p, SETS, sampler="dpm", num_steps=4, seed=2, guidance_scale=2.0, **kw).images  # noqa: E731
+    assert torch.equal(run(pipe, shift_patches=True), run(pipe, shift_patches=False))
+    cfg = PROFILES["tiny"]
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, sample_size=32, patch_size=2))
+    torch.manual_seed(0)
+    patched = build_pipeline(build_model(cfg.model).eval(), cfg)
+    patched.set_progress_bar_config(disable=True)
+    plain, moved = run(patched, shift_patches=False), run(patched, shift_patches=True)
+    assert not torch.allclose(plain, moved, atol=1e-4)
+    assert torch.equal(run(patched), plain)                          # the default: off
+    patched.register_to_config(default_shift_patches=True)
+    patched.save_pretrained(tmp_path / "export")
+    loaded = load_pipeline(tmp_path / "export", "cpu")
+    assert loaded.config.default_shift_patches is True
+    assert torch.allclose(run(loaded), moved, atol=1e-6)
 
 
 def test_sample_eta_of_the_config_travels_with_the_export(tmp_path):

@@ -430,7 +430,8 @@ def test_cli_train_then_sample(tmp_path, dataset):
     assert (run / "samples" / "test-step-000004.png").is_file()  # the end-of-run validation grid
 
     r = subprocess.run([sys.executable, "-m", "lab6", "sample", "--model", str(run), "--labels",
-                        str(dataset / "test.json"), "--out", str(images), "--steps", "5", "--no-progress"],
+                        str(dataset / "test.json"), "--out", str(images), "--steps", "5", "--shift-patches",
+                        "--no-progress"],
                        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     n = len(json.loads((dataset / "test.json").read_text()))
@@ -440,9 +441,9 @@ def test_cli_train_then_sample(tmp_path, dataset):
     grid = Image.open(images / "test_grid.png")
     assert grid.size == (8 * 66 + 2, -(-n // 8) * 66 + 2)  # make_grid: 8 per row, 2 px padding
     m = json.loads((images / "test_metrics.json").read_text())
-    assert {"accuracy", "hits", "labels", "sampler", "steps", "guidance", "seed"} <= m.keys()
-    assert (m["sampler"], m["steps"], m["guidance"], m["seed"]) == ("ddim", 5, 2.0, 0)
-    assert "test: accuracy" in r.stdout
+    assert {"accuracy", "hits", "labels", "sampler", "steps", "guidance", "shift_patches", "seed"} <= m.keys()
+    assert (m["sampler"], m["steps"], m["guidance"], m["shift_patches"], m["seed"]) == ("ddim", 5, 2.0, True, 0)
+    assert "test: accuracy" in r.stdout and "shifted patches" in r.stdout
 
 
 def test_cli_errors_are_one_line(tmp_path, dataset, capsys):
