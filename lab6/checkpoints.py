@@ -414,11 +414,12 @@ def load_run_config(folder: str | os.PathLike) -> Config:
 
 # ---------------------------------------------------------------- export
 def build_pipeline(model: ConditionalUNet, cfg: Config):
-    """ConditionalDDPMPipeline with the profile's default sampler, steps and guidance."""
+    """ConditionalDDPMPipeline with the profile's default sampler, steps, guidance and patch shifting."""
     s = cfg.sample
     scheduler = make_scheduler(cfg.schedule, s.sampler, s.timestep_spacing)
     return ConditionalDDPMPipeline(model, scheduler, default_num_inference_steps=s.num_steps,
-                                   default_guidance_scale=s.guidance_scale, default_eta=s.eta)
+                                   default_guidance_scale=s.guidance_scale, default_eta=s.eta,
+                                   default_shift_patches=s.shift_patches)
 
 
 def _device_name(run: TrainState) -> str:

@@ -110,6 +110,7 @@ class SampleConfig:
     guidance_scale: float = 4.0
     timestep_spacing: str = "trailing"
     eta: float = 0.0  # DDIM only: 0 = deterministic
+    shift_patches: bool = False  # move a patch model's grid by a few pixels every step (lab6.pipeline.shifted)
     seed: int = 0
     batch_size: int = 64
 

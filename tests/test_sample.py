@@ -133,7 +133,8 @@ def test_shift_patches_changes_a_patch_model_only_and_its_default_travels_with_t
     plain, moved = run(patched, shift_patches=False), run(patched, shift_patches=True)
     assert not torch.allclose(plain, moved, atol=1e-4)
     assert torch.equal(run(patched), plain)                          # the default: off
-    patched.register_to_config(default_shift_patches=True)
+    cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, shift_patches=True))
+    patched = build_pipeline(patched.unet, cfg)                      # sample.shift_patches: on
     patched.save_pretrained(tmp_path / "export")
     loaded = load_pipeline(tmp_path / "export", "cpu")
     assert loaded.config.default_shift_patches is True
