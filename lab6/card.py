@@ -85,7 +85,9 @@ def model_card(cfg: Config, step: int | None = None, scores: dict[str, dict[str,
         f"the EMA weights (decay {t.ema_decay:g}) are what this folder holds, on data from `{t.data_root}`"
         + (f", started from `{t.init_from}`" if t.init_from else "") + ".",
         "",
-        f"Default sampler: {s.sampler}, {s.num_steps} steps, guidance scale {s.guidance_scale:g} (model_index.json).",
+        f"Default sampler: {s.sampler}, {s.num_steps} steps, guidance scale {s.guidance_scale:g}"
+        + (", the patch grid moved by a few pixels at every step (`shift_patches`)"
+           if s.shift_patches and m.patch_size > 1 else "") + " (model_index.json).",
     ]
     if stages:
         lines += _stages_lines(stages)

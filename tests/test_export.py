@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import shutil
@@ -134,6 +135,12 @@ def test_the_card_shows_the_scores_a_run_recorded(tmp_path):
     card = model_card(PROFILES["tiny"], 12, {"top-k accuracy at step 10": {"test": 0.5, "new_test": 0.25}},
                       "the evaluator")
     assert "| top-k accuracy at step 10 | 0.500 | 0.250 |" in card and "Read by the evaluator." in card
+    assert "shift_patches" not in card                              # the tiny profile has no patches
+    quick = PROFILES["quick"]
+    shifted, fixed = (dataclasses.replace(quick, sample=dataclasses.replace(quick.sample, shift_patches=on))
+                      for on in (True, False))
+    assert "shift_patches" not in model_card(fixed)
+    assert "the patch grid moved by a few pixels at every step (`shift_patches`)" in model_card(shifted)
 
 
 def test_the_shipped_model_travels():
