@@ -92,12 +92,20 @@ def patch_offset(i: int, patch: int) -> tuple[int, int]:
     return divmod(i * stride % n, patch)
 
 
-def shifted(predict, xt: torch.Tensor, offset: tuple[int, int], *args) -> torch.Tensor:
-    """predict(x_t, *args) with x_t rolled by `offset` pixels (dy, dx) and the output rolled back: the patch grid
-    moves over the image, so its seams fall elsewhere at every step instead of adding up at the same pixels."""
+def shifted(predict, xt: torch.Tensor, offset: tuple[int, int], t: torch.Tensor, prediction_type: str,
+            alphas_cumprod: torch.Tensor, *args) -> torch.Tensor:
+    """predict(x_t, t, *args) with the patch grid moved by `offset` (dy, dx) pixels: x_t moves down and right,
+    mirrored into the rows and columns it uncovers, so the grid's seams fall on other pixels at every step instead
+    of adding up to a grain. The last dy rows and dx columns fall out of the frame: their x0 is the nearest row's
+    and column's that the network saw (the floor at an image's edge), turned back into the network's output type."""
     if offset == (0, 0):
-        return predict(xt, *args)
-    return torch.roll(predict(torch.roll(xt, offset, (2, 3)), *args), (-offset[0], -offset[1]), (2, 3))
+        return predict(xt, t, *args)
+    (dy, dx), (h, w) = offset, xt.shape[-2:]
+    moved = F.pad(xt, (dx, 0, dy, 0), mode="reflect")[..., :h, :w]                     # (B, 3, h, w)
+    tt = t.reshape(1).expand(len(xt))                                                  # (B,)
+    x0 = estimate_x0(moved, tt, predict(moved, t, *args), prediction_type, alphas_cumprod)[..., dy:, dx:]
+    x0 = F.pad(x0, (0, dx, 0, dy), mode="replicate")                                   # (B, 3, h, w)
+    return output_from_x0(xt, tt, x0, prediction_type, alphas_cumprod)
 
 
 def guided(out_cond: torch.Tensor, out_uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -164,6 +172,18 @@ def estimate_x0(xt: torch.Tensor, t: torch.Tensor, out: torch.Tensor, prediction
         return (xt - (1 - ab).sqrt() * out) / ab.sqrt().clamp_min(1e-8)
     if prediction_type == "v_prediction":
         return ab.sqrt() * xt - (1 - ab).sqrt() * out
+    raise ConfigError(f"unknown prediction_type {prediction_type!r}; valid: epsilon, v_prediction")
+
+
+def output_from_x0(xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, prediction_type: str,
+                   alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The eps or v output (B, 3, r, r) that `estimate_x0` turns into x0 at x_t and timesteps t (B,)."""
+    ab = alphas_cumprod.to(torch.float32)[t.to(alphas_cumprod.device).long()]
+    ab = ab.to(xt.device, xt.dtype).reshape(-1, 1, 1, 1)  # (B, 1, 1, 1)
+    if prediction_type == "epsilon":
+        return (xt - ab.sqrt() * x0) / (1 - ab).sqrt().clamp_min(1e-8)
+    if prediction_type == "v_prediction":
+        return (ab.sqrt() * xt - x0) / (1 - ab).sqrt().clamp_min(1e-8)
     raise ConfigError(f"unknown prediction_type {prediction_type!r}; valid: epsilon, v_prediction")
 
 
@@ -367,7 +387,8 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
             cap_xt, cap_x0, cap_t = [], [], []
             for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
                 x_in = self.scheduler.scale_model_input(xt, t)  # (b, 3, r, r)
-                out = shifted(self.predict, x_in, patch_offset(i, patch), t, y, scale, object_scale)  # (b, 3, r, r)
+                out = shifted(self.predict, x_in, patch_offset(i, patch), t, self.scheduler.config.prediction_type,
+                              self.scheduler.alphas_cumprod, y, scale, object_scale)  # (b, 3, r, r)
                 if i in capture:
                     tt = t.reshape(1).expand(len(xt)).cpu()
                     x0 = estimate_x0(xt.float(), tt, out.float(), self.scheduler.config.prediction_type,

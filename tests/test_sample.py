@@ -9,7 +9,16 @@ from lab6.checkpoints import build_pipeline
 from lab6.config import PROFILES
 from lab6.errors import ConfigError, LabelError
 from lab6.model import build_model
-from lab6.pipeline import ConditionalDDPMPipeline, composed, guided, object_rows, patch_offset, shifted
+from lab6.pipeline import (
+    ConditionalDDPMPipeline,
+    composed,
+    estimate_x0,
+    guided,
+    object_rows,
+    output_from_x0,
+    patch_offset,
+    shifted,
+)
 from lab6.sample import generators, load_pipeline, sample, set_sampler
 from lab6.schedules import make_scheduler, sampler_name
 
@@ -100,23 +109,30 @@ def test_composable_guidance_adds_one_term_per_object_of_sets_of_two_or_more(pip
             run(object_guidance_scale=bad)
 
 
-def test_patch_offsets_visit_every_place_in_a_patch_and_shifted_rolls_back():
-    """patch_offset visits each of the p x p offsets once in p*p steps ((0, 0) without patches); `shifted` rolls
-    x_t by it and the output back: a per-pixel function is unchanged, a function of place is moved."""
+def test_patch_offsets_visit_every_place_in_a_patch_and_shifted_moves_the_frame():
+    """patch_offset visits each of the p x p offsets once in p*p steps ((0, 0) without patches). `shifted` moves
+    x_t by the offset: where the network saw a pixel, its output there is the output for that pixel; the last dy
+    rows and dx columns, out of the frame, get the x0 of the nearest row and column seen, for eps and v alike."""
     for p in (2, 3, 4):
         assert sorted(patch_offset(i, p) for i in range(p * p)) == [(a, b) for a in range(p) for b in range(p)]
         assert patch_offset(p * p, p) == (0, 0)
     assert {patch_offset(i, 1) for i in range(5)} == {(0, 0)}
-    x = torch.randn(2, 3, 8, 8)
-    assert torch.equal(shifted(lambda v, k: k * v, x, (1, 3), 2.0), 2 * x)
+    ac = torch.linspace(0.99, 0.01, 1000)
+    t = torch.tensor(400)
+    xt = torch.randn(2, 3, 8, 8)
 
-    def corner_zeroed(v):
-        out = v.clone()
-        out[..., 0, 0] = 0
-        return out
-    out = shifted(corner_zeroed, x, (1, 3))
-    assert (out[..., 7, 5] == 0).all() and (out[..., 0, 0] == x[..., 0, 0]).all()
-    assert torch.equal(shifted(corner_zeroed, x, (0, 0)), corner_zeroed(x))
+    def per_pixel(x, t_, k):                                    # a network that sees one pixel at a time
+        return k * x
+    for kind in ("epsilon", "v_prediction"):
+        plain = per_pixel(xt, t, 0.5)
+        assert torch.equal(shifted(per_pixel, xt, (0, 0), t, kind, ac, 0.5), plain)
+        out = shifted(per_pixel, xt, (1, 3), t, kind, ac, 0.5)
+        assert torch.allclose(out[..., :7, :5], plain[..., :7, :5], atol=1e-5)
+        x0 = estimate_x0(xt, t.reshape(1).expand(2), out, kind, ac)
+        assert torch.allclose(x0[..., 7, :], x0[..., 6, :], atol=1e-5)
+        assert torch.allclose(x0[..., :, 5:], x0[..., :, 4:5].expand(-1, -1, -1, 3), atol=1e-5)
+        assert torch.allclose(output_from_x0(xt, t.reshape(1).expand(2), estimate_x0(
+            xt, t.reshape(1).expand(2), plain, kind, ac), kind, ac), plain, atol=1e-5)
 
 
 def test_shift_patches_changes_a_patch_model_only_and_its_default_travels_with_the_export(pipe, tmp_path):
