@@ -261,6 +261,12 @@ def implementation(cfg: Config, n_params: int | None, stages: list[dict] | None 
                       r" - \varepsilon_\theta(x_t, t, \varnothing))"),
              "" if eps else "<p>with each ε<sub>θ</sub> read from the predicted velocity:</p>"
              + equation(r"\varepsilon_\theta = \sqrt{\bar\alpha_t}\,v_\theta + \sqrt{1-\bar\alpha_t}\,x_t"),
+             (f"<p>At step i the network reads x<sub>t</sub> rolled by an offset o<sub>i</sub> inside its "
+              f"{patch}×{patch} patch, and its output is rolled back, so the seams of the patch grid fall on other "
+              f"pixels at every step instead of adding up to a grain (every offset once in {patch * patch} "
+              "steps; <code>shift_patches</code>):</p>"
+              + equation(r"\hat\varepsilon_i(x_t) = S_{-o_i}\,\hat\varepsilon(S_{o_i}\,x_t)")
+              if p.shift_patches and patch > 1 else ""),
              "<p>DDPM's reverse step (Algorithm 2 of Ho et al.), which the faster samplers approximate in fewer "
              "steps, with σ<sub>t</sub>² = β̃<sub>t</sub> = β<sub>t</sub>(1 − ᾱ<sub>t−1</sub>)/(1 − ᾱ<sub>t</sub>), "
              "and the running estimate of the clean image shown in the denoising strip:</p>",
@@ -485,11 +491,11 @@ def methods_section(methods: dict | str, path: str | os.PathLike = SHIPPED_METHO
 
 def discussion(acc: dict, beyond: dict, breakdown: dict, ablation: dict, fid: dict, binding: dict | None = None,
                pooled_labels: bool = True, patch: int = 1, methods_shown: bool = False,
-               grain_measured: bool = False) -> str:
+               grain_measured: bool = False, shifted: bool = False) -> str:
     """What the tables show and why, in sentences computed from them. `binding`: binding_stats of each test file's
     label sets; `pooled_labels`: the labels reach the network as one vector (no object tokens); `patch`: the
     UNet's patch size; `methods_shown`: section 6 is there to point to; `grain_measured`: the reference figures
-    have the shipped model's grain."""
+    have the shipped model's grain; `shifted`: its sampler moves the patch grid at every step."""
     out = []
     mean_key = next((k for r in acc.values() for k in r if k.startswith("mean over")), None)
     if acc and mean_key:
@@ -565,9 +571,12 @@ def discussion(acc: dict, beyond: dict, breakdown: dict, ablation: dict, fid: di
                    f"{fid['fid'] / max(fid['floor']['fid'], 1e-9):.1f}× the floor. Those features encode which "
                    "objects an image holds, so every duplicated or missing object moves it"
                    + (f"; texture adds to it, a faint grain at the {patch}-pixel period of the patches the UNet "
-                      "draws" + (" (the reference figures' grain row)" if grain_measured else "")
+                      "draws" + (" (the reference figures' grain rows)" if grain_measured else "")
                       + (", which a pixel head grafted onto the model did not remove (section 6)" if methods_shown
-                         else "") if patch > 1 else "") + ".")
+                         else "")
+                      + ("; this sampler moves the patch grid at every step, which cut it to a fifth on the shipped model"
+                         if shifted else "")
+                      if patch > 1 else "") + ".")
     if methods_shown:
         out.append("The training runs of section 6 say why the shipped model is as it is. The loss weights that top-k "
                    "rewarded on the small 32×32 net (timesteps drawn by their min-SNR weight, object pixels weighed "
@@ -892,7 +901,8 @@ def build_report(run_dir: str | os.PathLike, data_root: str | os.PathLike,
                         pooled_labels=cfg is None or cfg.model.object_tokens is None,
                         patch=(cfg.model.patch_size or 1) if cfg is not None else 1,
                         methods_shown=isinstance(methods, dict),
-                        grain_measured=scores is not None and "grain" in scores["figures"]))
+                        grain_measured=scores is not None and "grain" in scores["figures"],
+                        shifted=cfg is not None and cfg.sample.shift_patches))
     if live_cfg is not None and cfg is not None and shipped:
         s.append(f"<p class='note'>The live model of this run is {live_network(live_cfg, cfg)}; its training budget "
                  f"here was {live_cfg.train.max_steps} steps or {fmt(live_cfg.train.max_minutes)} minutes.</p>")
