@@ -439,6 +439,15 @@ def figure_text(v, digits: int = 3) -> str:
     return v if isinstance(v, str) else f"{v:.{digits}f}"
 
 
+def figure_cell(figures: dict | None, splits: list[str]) -> str:
+    """A row's figures of one kind, file by file as 'a / b / c' (HTML); a screen's ranges one file to a line, so
+    that the table keeps to the page."""
+    if not figures:
+        return "—"
+    texts = [esc(figure_text(figures.get(s))) for s in splits]
+    return (" /<br>" if any(isinstance(figures.get(s), list) for s in splits) else " / ").join(texts)
+
+
 def methods_table(comparison: dict, splits: list[str]) -> str:
     """One comparison's rows: the run, what changed, its figures per file (splits in order), FID, the rest; a column
     no row measured is left out; the shipped model's row in bold, a ground-truth row in italics."""
@@ -452,8 +461,7 @@ def methods_table(comparison: dict, splits: list[str]) -> str:
     for r in rows:
         cls = " class='shipped'" if r.get("shipped") else " class='ref'" if r.get("reference") else ""
         cells = [f"<th>{esc(r['method'])}</th>", f"<td class='t c'>{esc(r['changed'])}</td>"]
-        cells += [f"<td>{esc(' / '.join(figure_text(r[k].get(s)) for s in splits) if r.get(k) else '—')}</td>"
-                  for k, _ in cols]
+        cells += [f"<td>{figure_cell(r.get(k), splits)}</td>" for k, _ in cols]
         if fid:
             cells.append(f"<td>{esc(figure_text(r.get('fid'), 1))}</td>")
         if also:

@@ -97,11 +97,11 @@ def test_the_section_draws_every_comparison_and_row_with_its_source_and_why(tmp_
     assert "<td>0.933 / 0.893 / 0.923</td>" in html  # the shipped model's top-k, as the log gives it
     assert "<td>0.74 / — / —</td>" in html  # a figure measured on one file only
     assert "<tr class='shipped'>" in html and "<tr class='ref'>" in html
-    # a screen, once it has rows, is drawn after the comparisons; its figures as mean (min–max)
+    # a screen, once it has rows, is drawn after the comparisons; its figures as mean (min–max), a file a line
     m["screening"] |= {"measured": "3 seeds", "why": "Because.", "rows": [
         {"method": "narrow, uniform t", "changed": "channels 32/64/64", "exact": {"test": [0.5, 0.42, 0.61]}}]}
     html = "".join(R.methods_section(m))
-    assert f"<h3>6.{len(m['comparisons']) + 1} Recipes screened" in html and "0.500 (0.420–0.610) / — / —" in html
+    assert f"<h3>6.{len(m['comparisons']) + 1} Recipes screened" in html and "0.500 (0.420–0.610) /<br>— /<br>—" in html
     # an unreadable file: one line in the report, naming it, instead of the tables
     path = write(tmp_path, "{not json")
     html = "".join(R.methods_section(R.load_methods(path), path))
