@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds = (time.perf_counter() - t0) / len(chunks)
             images = torch.cat(chunks)
             o = pipe.resolve_object_scale(o)
-            shift = pipe.config.get("default_shift_patches", False) if shift is None else shift
+            shift = pipe.resolve_shift_patches(shift)
             label = (f"{name or 'default'}@{w if w is not None else pipe.config.default_guidance_scale:g}"
                      + (f"+{o:g}" if o else "") + (":shift" if shift else ""))
             record(model, label, images, seconds)

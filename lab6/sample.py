@@ -169,7 +169,7 @@ def sample_split(pipe: ConditionalDDPMPipeline, label_sets, out: str | os.PathLi
     set_sampler(pipe, sampler)
     steps, guidance, _ = pipe.resolve_settings(num_steps, guidance_scale)  # what the metrics record
     per_object = pipe.resolve_object_scale(object_guidance_scale)
-    shift = bool(pipe.config.get("default_shift_patches", False) if shift_patches is None else shift_patches)
+    shift = pipe.resolve_shift_patches(shift_patches)
     t0 = time.monotonic()
     result = sample(pipe, label_sets, num_steps=steps, guidance_scale=guidance, seed=seed,
                     batch_size=batch_size, progress=progress, object_guidance_scale=per_object, shift_patches=shift)

@@ -163,11 +163,16 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
+def _alphas_cumprod_at(alphas_cumprod: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """alphas_cumprod[t] for timesteps t (B,), shaped (B, 1, 1, 1) on `like`'s device and dtype."""
+    ab = alphas_cumprod.to(torch.float32)[t.to(alphas_cumprod.device).long()]
+    return ab.to(like.device, like.dtype).reshape(-1, 1, 1, 1)
+
+
 def estimate_x0(xt: torch.Tensor, t: torch.Tensor, out: torch.Tensor, prediction_type: str,
                 alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """The network's estimate of x0 (B, 3, r, r) from x_t, timesteps t (B,) and its eps or v output."""
-    ab = alphas_cumprod.to(torch.float32)[t.to(alphas_cumprod.device).long()]
-    ab = ab.to(xt.device, xt.dtype).reshape(-1, 1, 1, 1)  # (B, 1, 1, 1)
+    ab = _alphas_cumprod_at(alphas_cumprod, t, xt)  # (B, 1, 1, 1)
     if prediction_type == "epsilon":
         return (xt - (1 - ab).sqrt() * out) / ab.sqrt().clamp_min(1e-8)
     if prediction_type == "v_prediction":
@@ -178,8 +183,7 @@ def estimate_x0(xt: torch.Tensor, t: torch.Tensor, out: torch.Tensor, prediction
 def output_from_x0(xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, prediction_type: str,
                    alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """The eps or v output (B, 3, r, r) that `estimate_x0` turns into x0 at x_t and timesteps t (B,)."""
-    ab = alphas_cumprod.to(torch.float32)[t.to(alphas_cumprod.device).long()]
-    ab = ab.to(xt.device, xt.dtype).reshape(-1, 1, 1, 1)  # (B, 1, 1, 1)
+    ab = _alphas_cumprod_at(alphas_cumprod, t, xt)  # (B, 1, 1, 1)
     if prediction_type == "epsilon":
         return (xt - ab.sqrt() * x0) / (1 - ab).sqrt().clamp_min(1e-8)
     if prediction_type == "v_prediction":
@@ -316,6 +320,10 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
             raise ConfigError(f"object_guidance_scale: must be >= 0 (0 = none), got {o}")
         return o
 
+    def resolve_shift_patches(self, shift_patches: bool | None = None) -> bool:
+        """Whether a call moves the patch grid: the given value, None meaning the saved default (off if none)."""
+        return bool(self.config.get("default_shift_patches", False) if shift_patches is None else shift_patches)
+
     def _step_kwargs(self, generator: Generator, eta: float) -> dict:
         params = set(inspect.signature(self.scheduler.step).parameters)
         kw = {}
@@ -359,7 +367,7 @@ class ConditionalDDPMPipeline(DiffusionPipeline):
         y_all = as_multi_hot(labels)  # (B, 24)
         steps, scale, eta = self.resolve_settings(num_inference_steps, guidance_scale, eta)
         object_scale = self.resolve_object_scale(object_guidance_scale)
-        shift = bool(self.config.get("default_shift_patches", False) if shift_patches is None else shift_patches)
+        shift = self.resolve_shift_patches(shift_patches)
         if batch_size is not None and batch_size <= 0:
             raise ConfigError(f"batch_size: must be > 0 (or None for all at once), got {batch_size}")
         if output_type not in ("pil", "pt", "np"):
