@@ -165,29 +165,29 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def _alphas_cumprod_at(alphas_cumprod: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """alphas_cumprod[t] for timesteps t (B,), shaped (B, 1, 1, 1) on `like`'s device and dtype."""
-    ab = alphas_cumprod.to(torch.float32)[t.to(alphas_cumprod.device).long()]
-    return ab.to(like.device, like.dtype).reshape(-1, 1, 1, 1)
+    alpha_prod_t = alphas_cumprod.to(torch.float32)[t.to(alphas_cumprod.device).long()]  # (B,)
+    return alpha_prod_t.to(like.device, like.dtype).reshape(-1, 1, 1, 1)
 
 
 def estimate_x0(xt: torch.Tensor, t: torch.Tensor, out: torch.Tensor, prediction_type: str,
                 alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """The network's estimate of x0 (B, 3, r, r) from x_t, timesteps t (B,) and its eps or v output."""
-    ab = _alphas_cumprod_at(alphas_cumprod, t, xt)  # (B, 1, 1, 1)
+    alpha_prod_t = _alphas_cumprod_at(alphas_cumprod, t, xt)  # (B, 1, 1, 1)
     if prediction_type == "epsilon":
-        return (xt - (1 - ab).sqrt() * out) / ab.sqrt().clamp_min(1e-8)
+        return (xt - (1 - alpha_prod_t).sqrt() * out) / alpha_prod_t.sqrt().clamp_min(1e-8)
     if prediction_type == "v_prediction":
-        return ab.sqrt() * xt - (1 - ab).sqrt() * out
+        return alpha_prod_t.sqrt() * xt - (1 - alpha_prod_t).sqrt() * out
     raise ConfigError(f"unknown prediction_type {prediction_type!r}; valid: epsilon, v_prediction")
 
 
 def output_from_x0(xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, prediction_type: str,
                    alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """The eps or v output (B, 3, r, r) that `estimate_x0` turns into x0 at x_t and timesteps t (B,)."""
-    ab = _alphas_cumprod_at(alphas_cumprod, t, xt)  # (B, 1, 1, 1)
+    alpha_prod_t = _alphas_cumprod_at(alphas_cumprod, t, xt)  # (B, 1, 1, 1)
     if prediction_type == "epsilon":
-        return (xt - ab.sqrt() * x0) / (1 - ab).sqrt().clamp_min(1e-8)
+        return (xt - alpha_prod_t.sqrt() * x0) / (1 - alpha_prod_t).sqrt().clamp_min(1e-8)
     if prediction_type == "v_prediction":
-        return (ab.sqrt() * xt - x0) / (1 - ab).sqrt().clamp_min(1e-8)
+        return (alpha_prod_t.sqrt() * xt - x0) / (1 - alpha_prod_t).sqrt().clamp_min(1e-8)
     raise ConfigError(f"unknown prediction_type {prediction_type!r}; valid: epsilon, v_prediction")
 
 

@@ -419,12 +419,12 @@ def plot_alphas_cumprod(schedules=None, log_snr: bool = True):
     ncols = 2 if log_snr else 1
     fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 3.6), squeeze=False)
     for k, (name, s) in enumerate(named.items()):
-        a = alphas_cumprod(s)
-        t = torch.arange(len(a))
-        line, = axes[0, 0].plot(t, a, label=name, **styles[k % len(styles)])
+        alpha_prod_t = alphas_cumprod(s)
+        t = torch.arange(len(alpha_prod_t))
+        line, = axes[0, 0].plot(t, alpha_prod_t, label=name, **styles[k % len(styles)])
         if log_snr:
-            finite = a > 0
-            ls = torch.log(a[finite] / (1 - a[finite]))
+            finite = alpha_prod_t > 0
+            ls = torch.log(alpha_prod_t[finite] / (1 - alpha_prod_t[finite]))
             axes[0, 1].plot(t[finite], ls, label=name, color=line.get_color(), **styles[k % len(styles)])
             if not finite.all():
                 axes[0, 1].annotate(r"$-\infty$ at t=" + f"{int(t[~finite][0])}", xy=(float(t[~finite][0]), 0.0),
@@ -451,13 +451,13 @@ def plot_forward_process(x0: torch.Tensor, timesteps: Sequence[int] = (0, 50, 10
     fig, axes = plt.subplots(len(named), len(timesteps), figsize=(1.5 * len(timesteps), 1.65 * len(named)),
                              squeeze=False)
     for r, (name, s) in enumerate(named.items()):
-        a = alphas_cumprod(s)
+        alpha_prod_t = alphas_cumprod(s)
         for c, t in enumerate(timesteps):
-            xt = q_sample(x0[None], torch.tensor([t]), eps[None], a)  # (1, 3, H, W)
+            xt = q_sample(x0[None], torch.tensor([t]), eps[None], alpha_prod_t)  # (1, 3, H, W)
             ax = axes[r, c]
             ax.imshow(to_uint8(xt)[0], interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
-            ax.set_title(f"t={t}\n" + r"$\bar\alpha$=" + f"{float(a[t]):.3g}", fontsize=7)
+            ax.set_title(f"t={t}\n" + r"$\bar\alpha$=" + f"{float(alpha_prod_t[t]):.3g}", fontsize=7)
             if c == 0:
                 ax.set_ylabel(name, fontsize=7)
     fig.tight_layout()

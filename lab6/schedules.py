@@ -70,44 +70,41 @@ def alphas_cumprod(schedule: ScheduleConfig | Mapping | SchedulerMixin | torch.T
     return DDPMScheduler(**_schedule_kwargs(schedule)).alphas_cumprod.double()
 
 
-def _gather(a: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """a[t] reshaped to broadcast over x (B, C, H, W)."""
-    t = torch.as_tensor(t, device=a.device).long().reshape(-1)
-    return a[t].to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))  # (B, 1, 1, 1)
+def _gather(table: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """table[t] reshaped to broadcast over x (B, C, H, W)."""
+    t = torch.as_tensor(t, device=table.device).long().reshape(-1)
+    return table[t].to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))  # (B, 1, 1, 1)
 
 
 def q_sample(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
              schedule: ScheduleConfig | Mapping | SchedulerMixin | torch.Tensor | None = None) -> torch.Tensor:
     """Sample x_t ~ q(x_t | x_0) with the given noise eps (same as DDPMScheduler.add_noise)."""
-    a = alphas_cumprod(schedule).to(torch.float32)
-    ab = _gather(a, t, x0)  # (B, 1, 1, 1)
-    return ab ** 0.5 * x0 + (1 - ab) ** 0.5 * eps  # (B, 3, R, R)
+    alpha_prod_t = _gather(alphas_cumprod(schedule).to(torch.float32), t, x0)  # (B, 1, 1, 1)
+    return alpha_prod_t ** 0.5 * x0 + (1 - alpha_prod_t) ** 0.5 * eps  # (B, 3, R, R)
 
 
 def v_target(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
              schedule: ScheduleConfig | Mapping | SchedulerMixin | torch.Tensor | None = None) -> torch.Tensor:
-    """The v-prediction target sqrt(ab) * eps - sqrt(1 - ab) * x0 (same as DDPMScheduler.get_velocity)."""
-    a = alphas_cumprod(schedule).to(torch.float32)
-    ab = _gather(a, t, x0)  # (B, 1, 1, 1)
-    return ab ** 0.5 * eps - (1 - ab) ** 0.5 * x0  # (B, 3, R, R)
+    """The v-prediction target sqrt(alpha-bar_t) eps - sqrt(1 - alpha-bar_t) x0 (same as DDPMScheduler.get_velocity)."""
+    alpha_prod_t = _gather(alphas_cumprod(schedule).to(torch.float32), t, x0)  # (B, 1, 1, 1)
+    return alpha_prod_t ** 0.5 * eps - (1 - alpha_prod_t) ** 0.5 * x0  # (B, 3, R, R)
 
 
 def predict_x0(xt: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor, prediction_type: str,
                schedule: ScheduleConfig | Mapping | SchedulerMixin | torch.Tensor | None = None) -> torch.Tensor:
     """The network's estimate of x0 from x_t and its eps or v output."""
-    a = alphas_cumprod(schedule).to(torch.float32)
-    ab = _gather(a, t, xt)  # (B, 1, 1, 1)
+    alpha_prod_t = _gather(alphas_cumprod(schedule).to(torch.float32), t, xt)  # (B, 1, 1, 1)
     if prediction_type == "epsilon":
-        return (xt - (1 - ab).sqrt() * model_output) / ab.sqrt().clamp_min(1e-8)  # (B, 3, R, R)
+        return (xt - (1 - alpha_prod_t).sqrt() * model_output) / alpha_prod_t.sqrt().clamp_min(1e-8)  # (B, 3, R, R)
     if prediction_type == "v_prediction":
-        return ab.sqrt() * xt - (1 - ab).sqrt() * model_output  # (B, 3, R, R)
+        return alpha_prod_t.sqrt() * xt - (1 - alpha_prod_t).sqrt() * model_output  # (B, 3, R, R)
     raise ConfigError(f"unknown prediction_type {prediction_type!r}; valid: epsilon, v_prediction")
 
 
 def snr(schedule: ScheduleConfig | Mapping | SchedulerMixin | torch.Tensor | None = None) -> torch.Tensor:
     """Signal-to-noise ratio alpha-bar_t / (1 - alpha-bar_t) for every t."""
-    a = alphas_cumprod(schedule)
-    return a / (1 - a)
+    alpha_prod_t = alphas_cumprod(schedule)  # (T,): every t
+    return alpha_prod_t / (1 - alpha_prod_t)
 
 
 def named_schedules(schedules=None) -> dict[str, object]:

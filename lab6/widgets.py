@@ -15,7 +15,7 @@ def forward_slider(x0: torch.Tensor, schedule=None, seed: int = 0):
     from IPython.display import display
     from PIL import Image
 
-    a = alphas_cumprod(schedule)
+    alpha_prod_t = alphas_cumprod(schedule)  # (T,)
     x0 = x0[None] if x0.ndim == 3 else x0[:1]  # (1, 3, H, W)
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))  # (1, 3, H, W)
     image = W.Image(format="png", width=192, height=192)
@@ -23,11 +23,11 @@ def forward_slider(x0: torch.Tensor, schedule=None, seed: int = 0):
 
     def show(change=None):
         t = slider.value
-        xt = q_sample(x0, torch.tensor([t]), eps, a)  # (1, 3, H, W)
+        xt = q_sample(x0, torch.tensor([t]), eps, alpha_prod_t)  # (1, 3, H, W)
         image.value = _png(Image.fromarray(to_uint8(xt)[0]))
-        caption.value = f"t = {t}   alpha_bar_t = {float(a[t]):.4f}   signal std = {float(a[t]) ** 0.5:.3f}"
+        caption.value = f"t = {t}   alpha_bar_t = {float(alpha_prod_t[t]):.4f}   signal std = {float(alpha_prod_t[t]) ** 0.5:.3f}"
 
-    slider = W.IntSlider(value=250, min=0, max=len(a) - 1, step=1, description="t", continuous_update=True)
+    slider = W.IntSlider(value=250, min=0, max=len(alpha_prod_t) - 1, step=1, description="t", continuous_update=True)
     slider.observe(show, names="value")
     show()
     box = W.VBox([slider, image, caption])
