@@ -58,6 +58,9 @@ def _add_synth(sub) -> None:
     p.add_argument("--all-pairs", action="store_true",
                    help="let training scenes show every object pair (an evaluator's training set; "
                         "unseen_test is then not unseen)")
+    p.add_argument("--binding", type=float, default=0.0, metavar="SHARE",
+                   help="share of training scenes (0-1) drawn from new_test's binding patterns, such as one colour "
+                        "in two shapes, never a test set (default 0)")
     p.add_argument("--like", default=None, metavar="TRAIN_JSON",
                    help="render exactly the file names and label sets of an existing train.json "
                         "(--scenes is then ignored; its test.json/new_test.json are reused when beside it)")
@@ -76,7 +79,7 @@ def _cmd_synth(args) -> int:
         except CheckpointError as e:
             raise CheckpointError(f"--evaluator-from {e}") from None
     info = write_dataset(args.out, scenes=args.scenes, seed=args.seed, size=args.size, workers=args.workers,
-                         like=args.like, all_pairs=args.all_pairs, look=args.look, rgba=args.rgba,
+                         like=args.like, all_pairs=args.all_pairs, look=args.look, rgba=args.rgba, binding=args.binding,
                          evaluator=args.evaluator_from)
     judge = f"; evaluator {info['evaluator']}" if info["evaluator"] else ""
     print(f"{info['out']}: {info['train_images']} training images in {info['scenes']} scenes ({info['look']} look), "

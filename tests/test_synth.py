@@ -309,3 +309,30 @@ def test_all_pairs_training_set_shows_held_out_pairs_and_keeps_the_test_files(tm
     shown = {frozenset(p) for s in json.loads((tmp_path / "all" / "train.json").read_text()).values()
              for p in itertools.combinations(s, 2)}
     assert shown & held
+
+
+def test_binding_scenes_replace_a_share_of_the_scenes_and_never_show_a_test_set(tmp_path):
+    """`binding=0.5`: about half the scenes share a colour or a shape in new_test's patterns, no held-out pair and
+    no test set among the training images' label sets; the other scenes, and the test files, are binding=0's."""
+    from lab6.synth.design import is_binding_heavy, object_pairs
+    from lab6.synth.writer import _plan_scenes
+
+    plain, mixed = _plan_scenes(400, 0, False), _plan_scenes(400, 0, False, 0.5)
+    assert plain[2] == mixed[2]
+    train = mixed[0]
+    last = {name.rsplit("_", 1)[0]: labels for name, labels in train.items()}  # each scene's whole label set
+    changed = [scene for scene, labels in last.items() if plain[0].get(f"{scene}_2.png") != labels]
+    assert 0.4 < len(changed) / len(last) < 0.6
+    assert all(2 <= len(last[s]) <= 3 and is_binding_heavy(last[s]) for s in changed)
+    assert all(plain[0][n] == labels for n, labels in train.items() if n.rsplit("_", 1)[0] not in changed)
+    tests = {frozenset(labels) for sets in mixed[2].values() for labels in sets}
+    assert not any(frozenset(labels) in tests for n, labels in train.items() if n.rsplit("_", 1)[0] in changed)
+    assert not set().union(*(object_pairs(labels) for labels in train.values())) & mixed[3]
+
+
+@pytest.mark.parametrize("binding, message", [(1.5, "--binding 1.5: give the share of binding scenes, a number from 0"),
+                                              (-0.1, "--binding -0.1: give the share")])
+def test_a_binding_share_outside_0_1_is_refused_before_anything_is_written(tmp_path, binding, message):
+    with pytest.raises(ConfigError, match=message):
+        S.write_dataset(tmp_path / "d", scenes=2, seed=0, size=16, workers=1, progress=False, binding=binding)
+    assert not (tmp_path / "d").exists()

@@ -78,6 +78,20 @@ def binding_set(rng: np.random.Generator, kind: str) -> list[str]:
     return [out[i] for i in rng.permutation(len(out))]
 
 
+def sample_binding_labels(rng: np.random.Generator, held: set[frozenset[str]],
+                          avoid: set[frozenset[str]]) -> list[str]:
+    """One binding-pattern label set (kinds weighed as in new_test) with no held-out pair, none of whose prefixes
+    is a set in `avoid` (the test files' sets), so a test set is never a training image's label set."""
+    kinds, weights = zip(*BINDING_PATTERNS)
+    p = np.asarray(weights, dtype=float) / sum(weights)
+    for _attempt in range(1000):
+        labels = binding_set(rng, kinds[int(rng.choice(len(kinds), p=p))])
+        if not (object_pairs(labels) & held) and all(frozenset(labels[:k]) not in avoid
+                                                      for k in range(1, len(labels) + 1)):
+            return labels
+    raise RuntimeError("no binding label set left outside the held-out pairs and the test sets")
+
+
 def sample_new_test(seed: int, held: set[frozenset[str]]) -> list[list[str]]:
     """32 binding-heavy label sets: colours repeated across shapes and shapes repeated across colours.
 

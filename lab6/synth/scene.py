@@ -14,7 +14,7 @@ MATERIALS = ("rubber", "metal")
 SIZES = ("large", "small")
 
 # Random streams: each scene's generator is SeedSequence(seed, spawn_key=(stream, ...)), independent of workers.
-S_LABELS, S_RENDER, S_TESTS, S_GT = 1, 2, 3, 4
+S_LABELS, S_RENDER, S_TESTS, S_GT, S_BINDING = 1, 2, 3, 4, 5
 
 
 @dataclass

@@ -21,9 +21,16 @@ from ..data import SYNTH_STATE, TEST_SPLITS, read_label_file, read_train
 from ..devices import cpu_count
 from ..errors import ConfigError, DataError, LabelError
 from ..io import check_writable_dir, ensure_writable_dir, write_bytes, write_json
-from .design import sample_held_out, sample_new_test, sample_test, sample_train_labels, unseen_from_train
+from .design import (
+    sample_binding_labels,
+    sample_held_out,
+    sample_new_test,
+    sample_test,
+    sample_train_labels,
+    unseen_from_train,
+)
 from .render import RENDER_VERSION, encode_png, render_scene
-from .scene import S_GT, S_LABELS, S_RENDER, SynthConfig, look_config, scene_rng
+from .scene import S_BINDING, S_GT, S_LABELS, S_RENDER, SynthConfig, look_config, scene_rng
 
 _COURSE_NAME = re.compile(r"^(?P<scene>.+)_(?P<step>\d+)\.png$")
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
@@ -168,23 +175,29 @@ def _check_evaluator(evaluator: str | os.PathLike | None, out: Path) -> bytes | 
 
 
 # ---------------------------------------------------------------- planning a dataset
-def _plan_scenes(scenes: int, seed: int, all_pairs: bool):
+def _plan_scenes(scenes: int, seed: int, all_pairs: bool, binding: float = 0.0):
     """Training scenes of `scenes` random label sets (no held-out pair unless `all_pairs`) and the three test sets.
 
+    A share `binding` of the scenes (drawn per scene) instead shows a binding pattern like new_test's, none of its
+    label sets a test set; the other scenes are the ones `binding=0` gives.
     Returns (train.json's mapping, render jobs, test sets by split, held-out pairs, unseen_test's definition).
     """
     unseen, held = sample_held_out(seed)
+    splits = {"test": sample_test(seed, held), "new_test": sample_new_test(seed, held), "unseen_test": unseen}
     train_held = set() if all_pairs else held
+    avoid = {frozenset(labels) for sets in splits.values() for labels in sets}
     train, jobs = {}, []
     for i in range(scenes):
-        names = sample_train_labels(scene_rng(seed, S_LABELS, i), L.MAX_OBJECTS, train_held)
+        if binding and scene_rng(seed, S_BINDING, i).random() < binding:
+            names = sample_binding_labels(scene_rng(seed, S_BINDING, 1, i), train_held, avoid)
+        else:
+            names = sample_train_labels(scene_rng(seed, S_LABELS, i), L.MAX_OBJECTS, train_held)
         files = []
         for k in range(len(names)):
             fname = f"synth_{i:06d}_{k}.png"
             train[fname] = names[:k + 1]
             files.append((f"iclevr/{fname}", k))
         jobs.append(RenderJob((S_RENDER, i), names, files))
-    splits = {"test": sample_test(seed, held), "new_test": sample_new_test(seed, held), "unseen_test": unseen}
     return train, jobs, splits, held, "pairs"
 
 
@@ -205,7 +218,7 @@ def _plan_like(like: Path, seed: int):
 
 
 def _state(seed: int, cfg: SynthConfig, scenes: int | None, like: Path | None, all_pairs: bool,
-           look: str = "default") -> dict:
+           look: str = "default", binding: float = 0.0) -> dict:
     """What decides a folder's bytes: renderer version, seed, settings (and their look's name) and the scene list."""
     st = {"renderer": RENDER_VERSION, "seed": seed, "config": cfg.record()}
     if look != "default":
@@ -216,6 +229,8 @@ def _state(seed: int, cfg: SynthConfig, scenes: int | None, like: Path | None, a
         st["like"] = hashlib.sha1(like.read_bytes()).hexdigest()
     if all_pairs:
         st["all_pairs"] = True
+    if binding:
+        st["binding"] = binding
     return st
 
 
@@ -242,11 +257,13 @@ def _claim_folder(out: Path, state: dict) -> None:
 def write_dataset(out: str | os.PathLike, scenes: int = 6000, seed: int = 0, size: int | str = 64, workers: int = 0,
                   like: str | os.PathLike | None = None, progress: bool = True,
                   cfg: SynthConfig | None = None, all_pairs: bool = False, look: str = "default",
-                  rgba: bool = False, evaluator: str | os.PathLike | None = None) -> dict:
+                  rgba: bool = False, evaluator: str | os.PathLike | None = None, binding: float = 0.0) -> dict:
     """Render a CLEVR-style dataset in the iCLEVR layout under `out`; returns a summary dict.
 
     `all_pairs=True` lets training scenes show every object pair (the test files stay the same): a training
-    set for an evaluator, which must recognise the pairs that unseen_test asks for.
+    set for an evaluator, which must recognise the pairs that unseen_test asks for. `binding` (0-1) is the share
+    of training scenes drawn from new_test's binding patterns (colours shared across shapes, shapes across
+    colours), never a test set: data that asks a model to tell same-colour or same-shape objects apart.
 
     `look` names the renderer's settings (scene.LOOKS; `cfg` instead gives all but size and rgba), `size` is a side or
     'WIDTHxHEIGHT', `rgba` writes RGBA PNGs, and `evaluator` is copied to out/checkpoint.pth (the course's name):
@@ -267,6 +284,10 @@ def write_dataset(out: str | os.PathLike, scenes: int = 6000, seed: int = 0, siz
     like_path = Path(like) if like is not None else None
     if like_path is None:
         scenes = _check_int("scenes", scenes, 1, "render at least 1 scene (each gives 3 images)")
+    if isinstance(binding, bool) or not isinstance(binding, (int, float)) or not 0 <= binding <= 1:
+        raise ConfigError(f"--binding {binding!r}: give the share of binding scenes, a number from 0 to 1")
+    if binding and like_path is not None:
+        raise ConfigError(f"--binding {binding}: --like renders another file's scenes; leave one of them out")
     check_writable_dir(out)  # created only once the plan below has checked every input
     judge = _check_evaluator(evaluator, Path(out))
 
@@ -274,14 +295,14 @@ def write_dataset(out: str | os.PathLike, scenes: int = 6000, seed: int = 0, siz
     if like_path is not None:
         train, jobs, splits, held, unseen_how = _plan_like(like_path, seed)
     else:
-        train, jobs, splits, held, unseen_how = _plan_scenes(scenes, seed, all_pairs)
+        train, jobs, splits, held, unseen_how = _plan_scenes(scenes, seed, all_pairs, binding)
     for si, split in enumerate(TEST_SPLITS):
         for i, labels in enumerate(splits[split]):
             jobs.append(RenderJob((S_GT, si, i), list(labels), [(f"{split}_gt/{i}.png", len(labels) - 1)]))
 
     # refuse to mix renders made with other options into one folder
     out = ensure_writable_dir(out)
-    _claim_folder(out, _state(seed, cfg, None if like_path else scenes, like_path, all_pairs, look))
+    _claim_folder(out, _state(seed, cfg, None if like_path else scenes, like_path, all_pairs, look, binding))
 
     # render what is missing
     for sub in ["iclevr"] + [f"{s}_gt" for s in TEST_SPLITS]:
