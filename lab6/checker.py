@@ -6,6 +6,8 @@ renders made for it (`lab6.checker_train`: scenes with duplicates and unrequeste
 in `counts.json`, a file of the checker's own), so the course layout and its label checks stay as they are.
 
 An image is an *exact scene* when the checker reads exactly the requested objects, each once, and nothing else.
+A checker file saved with `mirror_mean: True` reads each image and its mirror image and averages the two count
+distributions: a mirrored scene holds the same objects, and the average reads half-hidden objects more steadily.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ class CountChecker:
                                   f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
         self.model.to(self.device).eval()
         self.info = {k: v for k, v in ckpt.items() if k != "model"}
+        self.mirror_mean = bool(self.info.get("mirror_mean", False))
 
     def __repr__(self) -> str:
         return f"CountChecker({str(self.path)!r}, device={str(self.device)!r})"
@@ -61,9 +64,16 @@ class CountChecker:
         x = from_uint8(x) if x.dtype == torch.uint8 else x.float()
         if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != (64, 64):
             raise DataError(f"checker: expected images (B, 3, 64, 64), got {tuple(x.shape)}")
-        out = [self.model.logits(x[i:i + self.batch_size].to(self.device)).float().cpu()
-               .view(-1, L.NUM_CLASSES, COUNTS).argmax(-1) for i in range(0, x.shape[0], self.batch_size)]
+        out = [self.probabilities(x[i:i + self.batch_size].to(self.device)).argmax(-1).cpu()
+               for i in range(0, x.shape[0], self.batch_size)]
         return torch.cat(out) if out else torch.zeros(0, L.NUM_CLASSES, dtype=torch.long)
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Count distributions (B, 24, 4) of x (B, 3, 64, 64), averaged with the mirror image's if the file says so."""
+        p = self.model.logits(x).float().view(-1, L.NUM_CLASSES, COUNTS).softmax(-1)
+        if self.mirror_mean:
+            p = (p + self.model.logits(x.flip(-1)).float().view(-1, L.NUM_CLASSES, COUNTS).softmax(-1)) / 2
+        return p
 
     def report(self, images, labels) -> dict:
         """Exact-scene accuracy and the share of images with a duplicate, an unrequested or a missing object."""

@@ -188,7 +188,8 @@ def train_checker(data: str | os.PathLike, out: str | os.PathLike | None = None,
     ckpt = {"model": {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
             "arch": f"lab6.evaluator.ResNet18(num_classes={L.NUM_CLASSES * COUNTS}, width={cfg.width}): logits (B, 24, {COUNTS})",
             "counts": COUNTS, "width": cfg.width, "config": asdict(cfg), "steps": step, "train_seconds": time.monotonic() - start,
-            "device": str(dev), "held_out_exact": acc, "train_images": len(train)}
+            "device": str(dev), "held_out_exact": acc, "train_images": len(train),
+            "mirror_mean": cfg.flip}  # trained on mirrored scenes too: read each image and its mirror image
     with atomic_path(out) as tmp:
         torch.save(ckpt, tmp)
     print(f"checker: saved {out} ({step} steps, {ckpt['train_seconds'] / 60:.1f} min, held-out exact {acc:.4f})", flush=True)

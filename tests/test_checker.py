@@ -53,6 +53,7 @@ def test_train_checker_end_to_end_tiny(tmp_path):
     counts = json.loads((data / CT.COUNTS_FILE).read_text())
     assert len(counts) >= 6 and all((data / "images" / f).is_file() for f in counts)
     ck = C.CountChecker(out, device="cpu")
+    assert ck.mirror_mean  # trained with flips, so read with the mirror image too
     assert ck.info["width"] == 8 and all(v.dtype == torch.float16 for k, v in
                                          torch.load(out, weights_only=True)["model"].items() if "weight" in k)
     images = torch.from_numpy(render_labels([["red cube"], ["blue sphere", "gray cube"]], seed=5)).permute(0, 3, 1, 2)
@@ -92,6 +93,22 @@ def test_the_shipped_checker_reads_fresh_renders_and_sees_a_copy():
     copies = np.stack([render_scene(["purple cube", "purple cube"], scene_rng(77, i)).images[-1] for i in range(8)])
     read = ck.counts(torch.from_numpy(copies).permute(0, 3, 1, 2))[:, L.OBJECT_TO_INDEX["purple cube"]]  # (8,)
     assert read.eq(2).float().mean() >= 0.75
+
+
+def test_a_mirror_mean_checker_reads_a_scene_and_its_mirror_image_alike(tmp_path):
+    ck = C.CountChecker(device="cpu")
+    assert ck.mirror_mean
+    x = torch.rand(16, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert torch.equal(ck.counts(x), ck.counts(x.flip(-1)))
+    both = (ck.model.logits(x).view(-1, 24, C.COUNTS).softmax(-1)
+            + ck.model.logits(x.flip(-1)).view(-1, 24, C.COUNTS).softmax(-1)) / 2
+    assert torch.equal(ck.counts(x), both.argmax(-1))
+    ckpt = torch.load(C.SHIPPED, weights_only=True)  # the same weights in a file that does not say so: one look
+    ckpt.pop("mirror_mean")
+    torch.save(ckpt, tmp_path / "plain.pth")
+    plain = C.CountChecker(tmp_path / "plain.pth", device="cpu")
+    assert not plain.mirror_mean
+    assert torch.equal(plain.counts(x), ck.model.logits(x).view(-1, 24, C.COUNTS).argmax(-1))
 
 
 def test_fid_kid_put_renders_closer_to_renders_than_to_noise():
