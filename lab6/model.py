@@ -39,7 +39,7 @@ from torch.nn import functional as F
 
 # lab6.labels' vocabulary, repeated so that this file stands alone (an export carries a copy of it): the 24 objects
 # are 8 colours x 3 shapes in the course's order (object i: colour i % 8, shape i // 8), 1-3 of them per scene.
-NUM_COLORS, NUM_SHAPES, MAX_OBJECTS = 8, 3, 3
+NUM_COLOURS, NUM_SHAPES, MAX_OBJECTS = 8, 3, 3
 
 
 class ObjectCrossAttention(nn.Module):
@@ -139,7 +139,7 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
             resnet_time_scale_shift=resnet_time_scale_shift, dropout=dropout, class_embed_type="identity")
         self.label_embedding = nn.Linear(num_classes, time_embed_dim)  # y (B, 24) -> (B, time_embed_dim)
         if object_tokens is not None:
-            self.colour_embedding = nn.Embedding(NUM_COLORS, object_tokens)  # (8, D)
+            self.colour_embedding = nn.Embedding(NUM_COLOURS, object_tokens)  # (8, D)
             self.shape_embedding = nn.Embedding(NUM_SHAPES, object_tokens)  # (3, D)
             self.scene_token = nn.Parameter(torch.randn(1, 1, object_tokens) * 0.02)  # (1, 1, D)
             layers = [m for m in self.unet.modules() if isinstance(m, Attention)]  # down, mid, up: a fixed order
@@ -170,7 +170,7 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
     def object_tokens(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scene token + one token per object of multi-hot labels (B, 24) -> tokens (B, 1+3, D), mask (B, 1+3)."""
         value, index = labels.topk(MAX_OBJECTS, dim=1)  # (B, 3): the set's objects first, then absent classes
-        tokens = self.colour_embedding(index % NUM_COLORS) + self.shape_embedding(index // NUM_COLORS)  # (B, 3, D)
+        tokens = self.colour_embedding(index % NUM_COLOURS) + self.shape_embedding(index // NUM_COLOURS)  # (B, 3, D)
         scene = self.scene_token.expand(labels.shape[0], 1, -1).to(tokens.dtype)  # (B, 1, D)
         mask = torch.cat([torch.ones_like(value[:, :1]), (value > 0.5).to(value.dtype)], dim=1)  # (B, 1+3)
         return torch.cat([scene, tokens], dim=1), mask

@@ -52,7 +52,7 @@ def test_copied_modules_import_only_torch_diffusers_numpy_pil_and_the_stdlib(mod
 
 def test_the_copies_repeat_lab6_vocabulary():
     assert P.OBJECTS == L.OBJECTS and P.MAX_OBJECTS == L.MAX_OBJECTS
-    assert (M.NUM_COLORS, M.NUM_SHAPES, M.MAX_OBJECTS) == (len(L.COLOURS), len(L.SHAPES), L.MAX_OBJECTS)
+    assert (M.NUM_COLOURS, M.NUM_SHAPES, M.MAX_OBJECTS) == (len(L.COLOURS), len(L.SHAPES), L.MAX_OBJECTS)
 
 
 def test_an_export_carries_lab6_code_byte_for_byte(export):
