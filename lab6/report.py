@@ -372,7 +372,7 @@ def provenance(data: CourseData, evaluator: Path | None, origin: str, model_dir:
     items = ["<b>Data:</b> " + (f"this project's renders in {root}, not the course's files." if synthetic else
                                   f"the course's files in {root}."),
              f"<b>Judges:</b> top-k accuracy by {judge_phrase(evaluator)}; exact scenes by lab6's count checker "
-             f"<code>{CHECKER}</code>, trained on this project's renders.",
+             f"<code>{CHECKER}</code>, trained on this project's renders, each image read with its mirror image.",
              "<b>Models:</b> the training curve: " + ("none, notebook 03 (training) was not run" if given else
                                                       "the live run of notebook 03 (<code>train/</code>)"
                                                       + (", beside the shipped model's last stage"
