@@ -41,6 +41,7 @@ NOTEBOOKS = (
     "05_results.ipynb",
 )
 TRAINING_NOTEBOOK = "03_training.ipynb"
+KERNEL_START_SECONDS = 300  # a kernel may take minutes to answer on a small CPU that another job keeps busy
 MODEL_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 VALID_MODEL = (f"expected a `lab6 train` export holding model_index.json, lab6_config.yaml and {MODEL_WEIGHTS} "
                f"(such as pretrained/quick or <run>/{EXPORT_DIR})")
@@ -190,8 +191,6 @@ def _completed(executed: Path) -> bool:
 def execute_notebook(name: str, cfg: RunConfig, out_dir: Path, prefix: str = "") -> Path:
     """Execute one notebook with papermill into out_dir, printing each cell as it starts; a failure names the
     notebook and the cell."""
-
-
     source = NOTEBOOK_DIR / name
     declared = pm.inspect_notebook(str(source))
     params = {k: v for k, v in cfg.notebook_parameters().items() if k in declared}
@@ -199,7 +198,7 @@ def execute_notebook(name: str, cfg: RunConfig, out_dir: Path, prefix: str = "")
     try:
         pm.execute_notebook(str(source), str(target), parameters=params, kernel_name="python3", engine_name=ENGINE,
                             on_cell=CellPrinter(prefix or name), cwd=str(PROJECT_ROOT), progress_bar=False,
-                            log_output=False)
+                            log_output=False, start_timeout=KERNEL_START_SECONDS)
     except PapermillExecutionError as e:
         raise Lab6Error(f"notebooks/{name} failed in cell {e.exec_count or e.cell_index}: {e.ename}: "
                         f"{str(e.evalue).splitlines()[0] if e.evalue else ''}; the partly executed notebook "
