@@ -70,10 +70,8 @@ class CountChecker:
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Count distributions (B, 24, 4) of x (B, 3, 64, 64), averaged with the mirror image's if the file says so."""
-        p = self.model.logits(x).float().view(-1, L.NUM_CLASSES, COUNTS).softmax(-1)
-        if self.mirror_mean:
-            p = (p + self.model.logits(x.flip(-1)).float().view(-1, L.NUM_CLASSES, COUNTS).softmax(-1)) / 2
-        return p
+        views = [x, x.flip(-1)] if self.mirror_mean else [x]
+        return sum(self.model.logits(v).float().view(-1, L.NUM_CLASSES, COUNTS).softmax(-1) for v in views) / len(views)
 
     def report(self, images, labels) -> dict:
         """Exact-scene accuracy and the share of images with a duplicate, an unrequested or a missing object."""
