@@ -63,7 +63,8 @@ def model_card(cfg: Config, step: int | None = None, scores: dict[str, dict[str,
     stages = stages if stages is not None else read_stages(folder)
     m, t, s = cfg.model, cfg.train, cfg.sample
     steps = f"{step} steps" if step is not None else f"up to {t.max_steps} steps"
-    extras = [f"object tokens ({m.object_tokens} wide)" if m.object_tokens else "",
+    extras = [f"object tokens ({m.object_tokens} wide{'' if m.multi_hot else ', the only condition'})"
+              if m.object_tokens else "",
               f"a pixel head ({m.pixel_head} wide)" if m.pixel_head else ""]
     lines = [
         "---", "library_name: diffusers", "tags: [diffusers, ddpm, conditional-image-generation, clevr, lab6]", "---",

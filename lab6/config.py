@@ -53,6 +53,7 @@ class ModelConfig:
     patch_size: int = 1  # >1: the UNet sees p×p pixel patches as channels and runs at sample_size / p
     object_tokens: int | None = None  # D: one D-wide token per object, read by a cross-attention beside each self-attention
     pixel_head: int | None = None  # C: a C-wide two-conv residual at full resolution after the patches are put back
+    multi_hot: bool = True  # False: the label reaches the net only through object_tokens, not the time embedding
 
 
 @dataclass
@@ -351,6 +352,8 @@ def _check_model(m: ModelConfig, bad) -> None:
         bad("model.object_tokens", f"must be > 0 (or empty for no object tokens), got {m.object_tokens}")
     if m.pixel_head is not None and m.pixel_head <= 0:
         bad("model.pixel_head", f"must be > 0 (or empty for no pixel head), got {m.pixel_head}")
+    if not m.multi_hot and m.object_tokens is None:
+        bad("model.multi_hot", "false needs model.object_tokens (the objects must reach the network some way)")
 
 
 def check_finite(value, where: str):

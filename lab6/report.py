@@ -224,11 +224,14 @@ def implementation(cfg: Config, n_params: int | None, stages: list[dict] | None 
              + (", each with a cross-attention to the object tokens beside it, its output projection initialised to zero"
                 if tokens else "") + ")"
              + (f"; {n_params / 1e6:.2f} M parameters" if n_params else "") + ".</li>",
-             "<li>Conditioning: the 24-dim multi-hot label vector y goes through a learned linear layer into the "
-             "time embedding, which every ResNet block reads"
-             + (" as a FiLM scale and shift" if m.resnet_time_scale_shift == "scale_shift" else "")
-             + (f"; and each object becomes one {m.object_tokens}-wide token, colour embedding + shape embedding, "
-                "beside a learned scene token" if tokens else "")
+             ("<li>Conditioning: the 24-dim multi-hot label vector y goes through a learned linear layer into the "
+              "time embedding, which every ResNet block reads"
+              + (" as a FiLM scale and shift" if m.resnet_time_scale_shift == "scale_shift" else "")
+              + (f"; and each object becomes one {m.object_tokens}-wide token, colour embedding + shape embedding, "
+                 "beside a learned scene token" if tokens else "") if m.multi_hot else
+              f"<li>Conditioning: each object becomes one {m.object_tokens}-wide token, colour embedding + shape "
+              "embedding, beside a learned scene token; the tokens are the only way the objects reach the network "
+              "(the time embedding carries no label)")
              + f". Training replaces y by zeros with probability {t.cond_drop_prob:g}, so the same network is "
              "also unconditional (classifier-free guidance).</li></ul>",
              "<h3>Noise schedule and forward process</h3>",

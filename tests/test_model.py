@@ -114,6 +114,32 @@ def test_object_tokens_graft_onto_a_plain_model_unchanged(tmp_path, shift):
         assert (plain(xt, t, y) - grafted(xt, t, y)).abs().amax() > 1e-4  # the tokens reach the output
 
 
+def test_tokens_only_model_grafts_as_the_unconditional_net(tmp_path):
+    """multi_hot false: grafted onto a plain model it draws what the plain model draws with no condition, for every
+    label set, until its cross-attention is trained; then the objects reach it through their tokens alone."""
+    torch.manual_seed(0)
+    cfg = PROFILES["tiny"].model
+    plain = build_model(cfg).eval()
+    plain.save_pretrained(tmp_path / "plain")
+    only = build_model(dataclasses.replace(cfg, object_tokens=16, multi_hot=False)).eval()
+    init_weights(only, tmp_path / "plain")
+    xt, t, _ = _inputs(3)
+    y = L.encode_batch([["red cube", "blue sphere"], ["cyan cylinder"], ["gray cube", "red cube", "red sphere"]])
+    with torch.no_grad():
+        assert torch.equal(only(xt, t, y), plain(xt, t, torch.zeros_like(y)))
+        assert (only(xt, t, y) - plain(xt, t, y)).abs().amax() > 1e-4  # the multi-hot path is closed
+        for cross in only.object_attention:
+            torch.nn.init.normal_(cross.to_out.weight, std=0.5)
+        a, b = (L.encode_batch([s] * 3) for s in (["red cube", "blue sphere"], ["blue cube", "red sphere"]))
+        assert (only(xt, t, a) - only(xt, t, b)).abs().amax() > 1e-4
+    only.save_pretrained(tmp_path / "only")
+    assert ConditionalUNet.from_pretrained(tmp_path / "only").config.multi_hot is False
+    with pytest.raises(ConfigError, match="differs in multi_hot"):  # a tokens-only net is no plain net to graft onto
+        init_weights(build_model(dataclasses.replace(cfg, object_tokens=16)), tmp_path / "only")
+    with pytest.raises(ConfigError, match="model.multi_hot: false needs model.object_tokens"):
+        load_config("tiny", multi_hot=False)
+
+
 def test_pixel_head_grafts_unchanged_and_sees_across_patch_borders(tmp_path):
     """init_from a plain patch model: the pixel-head model's output equals it until the head is trained; trained,
     the head knows each pixel's place in its patch (it can undo a grain of the patch period) and survives a reload."""

@@ -25,6 +25,11 @@ two 3×3 convolutions (C wide) over the output, x_t and the pixel's place in its
 y mod p), added to the output. Each patch's p×p pixels otherwise come from one position of the UNet's grid, and
 small errors repeat with the patch period as a visible grain; the head sees across patch borders. Its last
 convolution starts at zero, so it can be grafted onto a trained model as the tokens are.
+
+With `multi_hot` False (object tokens only), the label no longer reaches the time embedding: every ResNet block sees
+the "no condition" embedding (the projection's bias), and the objects reach the network only through the tokens, so
+that it must draw each object from its own slot rather than from the pooled label. The projection is kept, so a
+plain model's weights still load (`train.init_from`).
 """
 from __future__ import annotations
 
@@ -127,6 +132,7 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         patch_size: int = 1,
         object_tokens: int | None = None,
         pixel_head: int | None = None,
+        multi_hot: bool = True,
     ):
         super().__init__()
         time_embed_dim = time_embedding_dim or 4 * block_out_channels[0]
@@ -154,7 +160,8 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
     def forward(self, xt: torch.Tensor, t: torch.Tensor | int, labels: torch.Tensor) -> torch.Tensor:
         """Network output (eps or v, per the scheduler's prediction_type) for x_t, t and multi-hot labels."""
         p = self.config.patch_size
-        y_emb = self.label_embedding(labels.to(self.label_embedding.weight.dtype))  # (B, time_embed_dim)
+        y = labels.to(self.label_embedding.weight.dtype)  # (B, 24)
+        y_emb = self.label_embedding(y if self.config.multi_hot else torch.zeros_like(y))  # (B, time_embed_dim)
         patches = F.pixel_unshuffle(xt, p)  # (B, 3p², R/p, R/p); the identity for p = 1
         if self.config.object_tokens is None:
             out = self.unet(patches, t, class_labels=y_emb).sample
