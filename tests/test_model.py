@@ -220,3 +220,5 @@ def test_report_describes_the_object_tokens():
     assert "16-wide token, colour embedding + shape embedding" in text
     assert "cross-attention to the object tokens beside it, its output projection initialised to zero" in text
     assert "token" not in implementation(load_config("tiny"), None)
+    only = implementation(load_config("tiny", object_tokens=16, multi_hot=False), None)
+    assert "the tokens are the only way the objects reach the network" in only and "multi-hot" not in only
