@@ -197,6 +197,18 @@ def test_object_tokens_bind_colour_to_shape(tokens_model, tmp_path):
         assert torch.equal(tokens_model(xt, t, a), loaded(xt, t, a))
 
 
+@pytest.mark.parametrize("multi_hot", [True, False])
+def test_output_does_not_depend_on_the_order_of_the_labels(tokens_model, multi_hot):
+    """A label set is a set: every order of its objects gives the same tokens and the same output."""
+    tokens_model.register_to_config(multi_hot=multi_hot)
+    xt, t, _ = _inputs(1)
+    objects = ["red cube", "blue sphere", "cyan cylinder"]
+    orders = [objects, objects[::-1], objects[1:] + objects[:1]]
+    with torch.no_grad():
+        outs = [tokens_model(xt, t, L.encode_batch([o])) for o in orders]
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+
+
 def test_bad_object_tokens_are_rejected():
     with pytest.raises(ConfigError, match="model.object_tokens: must be > 0"):
         load_config("tiny", object_tokens=0)
