@@ -65,7 +65,8 @@ def model_card(cfg: Config, step: int | None = None, scores: dict[str, dict[str,
     steps = f"{step} steps" if step is not None else f"up to {t.max_steps} steps"
     extras = [f"object tokens ({m.object_tokens} wide{'' if m.multi_hot else ', the only condition'})"
               if m.object_tokens else "",
-              f"a pixel head ({m.pixel_head} wide)" if m.pixel_head else ""]
+              f"a pixel head ({m.pixel_head} wide)" if m.pixel_head else "",
+              "an embedding of the number of objects" if m.object_count else ""]
     lines = [
         "---", "library_name: diffusers", "tags: [diffusers, ddpm, conditional-image-generation, clevr, lab6]", "---",
         f"# lab6 `{cfg.profile}`: CLEVR-style scenes from object labels",
@@ -74,7 +75,8 @@ def model_card(cfg: Config, step: int | None = None, scores: dict[str, dict[str,
         "as `[\"red sphere\", \"cyan cube\"]`: 24 objects, 8 colours (gray, red, blue, green, brown, purple, cyan, "
         "yellow) × 3 shapes (cube, sphere, cylinder). The network is lab6's `ConditionalUNet`: a diffusers "
         f"`UNet2DModel` (channels {', '.join(map(str, m.block_out_channels))}) on {m.patch_size}×{m.patch_size} "
-        f"patches of a {m.sample_size}×{m.sample_size} image, the multi-hot label set added to its time embedding"
+        f"patches of a {m.sample_size}×{m.sample_size} image"
+        + (", the multi-hot label set added to its time embedding" if m.multi_hot else "")
         + "".join(f", {e}" for e in extras if e) + f"; {cfg.schedule.prediction_type} on the "
         f"{cfg.schedule.beta_schedule} schedule ({cfg.schedule.num_train_timesteps} steps).",
         "",

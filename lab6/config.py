@@ -54,6 +54,7 @@ class ModelConfig:
     object_tokens: int | None = None  # D: one D-wide token per object, read by a cross-attention beside each self-attention
     pixel_head: int | None = None  # C: a C-wide two-conv residual at full resolution after the patches are put back
     multi_hot: bool = True  # False: the label reaches the net only through object_tokens, not the time embedding
+    object_count: bool = False  # True: the number of objects has its own embedding in the time embedding
 
 
 @dataclass

@@ -30,6 +30,10 @@ With `multi_hot` False (object tokens only), the label no longer reaches the tim
 the "no condition" embedding (the projection's bias), and the objects reach the network only through the tokens, so
 that it must draw each object from its own slot rather than from the pooled label. The projection is kept, so a
 plain model's weights still load (`train.init_from`).
+
+With `object_count` True, the number of objects n (0 for "no condition") goes through its own embedding
+`count_embedding = nn.Embedding(1 + 3, time_embed_dim)` into the time embedding: a cross-attention averages the
+tokens it reads, so how many there are is otherwise only implicit. It starts at zero, so it can be grafted too.
 """
 from __future__ import annotations
 
@@ -133,6 +137,7 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         object_tokens: int | None = None,
         pixel_head: int | None = None,
         multi_hot: bool = True,
+        object_count: bool = False,
     ):
         super().__init__()
         time_embed_dim = time_embedding_dim or 4 * block_out_channels[0]
@@ -154,6 +159,9 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
             self._context: dict = {}
             for a, cross in zip(layers, self.object_attention):
                 a.set_processor(_WithObjects(cross, self._context))
+        if object_count:
+            self.count_embedding = nn.Embedding(MAX_OBJECTS + 1, time_embed_dim)  # n (B,) -> (B, time_embed_dim)
+            nn.init.zeros_(self.count_embedding.weight)  # adds nothing until trained
         if pixel_head is not None:
             self.output_head = PixelHead(pixel_head, patch_size, in_channels)
 
@@ -162,6 +170,9 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         p = self.config.patch_size
         y = labels.to(self.label_embedding.weight.dtype)  # (B, 24)
         y_emb = self.label_embedding(y if self.config.multi_hot else torch.zeros_like(y))  # (B, time_embed_dim)
+        if self.config.object_count:
+            n = (labels > 0.5).sum(dim=1).clamp(max=MAX_OBJECTS)  # (B,): 0 for the "no condition" label
+            y_emb = y_emb + self.count_embedding(n).to(y_emb.dtype)
         patches = F.pixel_unshuffle(xt, p)  # (B, 3p², R/p, R/p); the identity for p = 1
         if self.config.object_tokens is None:
             out = self.unet(patches, t, class_labels=y_emb).sample

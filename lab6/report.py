@@ -232,6 +232,8 @@ def implementation(cfg: Config, n_params: int | None, stages: list[dict] | None 
               f"<li>Conditioning: each object becomes one {m.object_tokens}-wide token, colour embedding + shape "
               "embedding, beside a learned scene token; the tokens are the only way the objects reach the network "
               "(the time embedding carries no label)")
+             + ("; the number of objects has its own learned embedding, added to the time embedding"
+                if m.object_count else "")
              + f". Training replaces y by zeros with probability {t.cond_drop_prob:g}, so the same network is "
              "also unconditional (classifier-free guidance).</li></ul>",
              "<h3>Noise schedule and forward process</h3>",

@@ -140,6 +140,32 @@ def test_tokens_only_model_grafts_as_the_unconditional_net(tmp_path):
         load_config("tiny", multi_hot=False)
 
 
+def test_object_count_grafts_unchanged_and_reaches_the_output(tmp_path):
+    """object_count: grafted onto a tokens-only model it starts as that model; trained, the number of objects reaches
+    the output, the "no condition" label has count 0 (its own row), and the embedding survives a reload."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(PROFILES["tiny"].model, object_tokens=16, multi_hot=False)
+    only = build_model(cfg).eval()
+    only.save_pretrained(tmp_path / "only")
+    counted = build_model(dataclasses.replace(cfg, object_count=True)).eval()
+    init_weights(counted, tmp_path / "only")
+    xt, t, _ = _inputs(3)
+    y = L.encode_batch([["red cube", "blue sphere"], ["cyan cylinder"], ["gray cube", "red cube", "red sphere"]])
+    with torch.no_grad():
+        assert torch.equal(only(xt, t, y), counted(xt, t, y))
+        torch.nn.init.normal_(counted.count_embedding.weight, std=0.5)
+        assert (only(xt, t, y) - counted(xt, t, y)).abs().amax() > 1e-4  # the count reaches the output
+        zero = torch.zeros_like(y)
+        counted.count_embedding.weight[0].zero_()  # row 0 is the "no condition" label's
+        assert torch.equal(only(xt, t, zero), counted(xt, t, zero))
+    counted.save_pretrained(tmp_path / "counted")
+    again = ConditionalUNet.from_pretrained(tmp_path / "counted").eval()
+    with torch.no_grad():
+        assert torch.equal(again(xt, t, y), counted(xt, t, y))
+    with pytest.raises(ConfigError, match="differs in object_count"):  # no graft back onto a model without it
+        init_weights(only, tmp_path / "counted")
+
+
 def test_pixel_head_grafts_unchanged_and_sees_across_patch_borders(tmp_path):
     """init_from a plain patch model: the pixel-head model's output equals it until the head is trained; trained,
     the head knows each pixel's place in its patch (it can undo a grain of the patch period) and survives a reload."""
