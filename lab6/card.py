@@ -63,7 +63,8 @@ def model_card(cfg: Config, step: int | None = None, scores: dict[str, dict[str,
     stages = stages if stages is not None else read_stages(folder)
     m, t, s = cfg.model, cfg.train, cfg.sample
     steps = f"{step} steps" if step is not None else f"up to {t.max_steps} steps"
-    extras = [f"object tokens ({m.object_tokens} wide{'' if m.multi_hot else ', the only condition'})"
+    extras = [f"object tokens ({m.object_tokens} wide{'' if m.multi_hot else ', the only condition'}"
+              f"{', read at every level' if m.tokens_every_level else ''})"
               if m.object_tokens else "",
               f"a pixel head ({m.pixel_head} wide)" if m.pixel_head else "",
               "an embedding of the number of objects" if m.object_count else ""]

@@ -388,12 +388,14 @@ def init_weights(model: ConditionalUNet, folder: Path) -> None:
     mine, theirs = ({k: json.dumps(v) for k, v in c.items() if not k.startswith("_")} for c in (model.config, other.config))
     diff = sorted(k for k in mine if theirs.get(k) != mine[k])
     # zero-initialised additions a plain model can be grafted onto, and the plain model's value of each
-    plain = {"object_tokens": None, "pixel_head": None, "multi_hot": True, "object_count": False}
+    plain = {"object_tokens": None, "pixel_head": None, "multi_hot": True, "object_count": False,
+             "tokens_every_level": False}
     grafting = bool(diff) and all(k in plain and getattr(other.config, k, plain[k]) == plain[k] for k in diff)
     if diff and not grafting:
         raise ConfigError(f"train.init_from: {src} holds another architecture (differs in {', '.join(diff)}); "
                           f"use the same model settings as the run that wrote it (or add model.object_tokens, "
-                          f"model.pixel_head or model.object_count to it, or set model.multi_hot false)")
+                          f"model.pixel_head, model.object_count or model.tokens_every_level to it, or set "
+                          f"model.multi_hot false)")
     # a token or pixel-head model starts as the plain model: its new parts add nothing until trained (a tokens-only
     # model, multi_hot false, starts as the plain model's unconditional net and learns the objects from the tokens)
     model.load_state_dict(other.state_dict(), strict=not grafting)

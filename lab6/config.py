@@ -55,6 +55,7 @@ class ModelConfig:
     pixel_head: int | None = None  # C: a C-wide two-conv residual at full resolution after the patches are put back
     multi_hot: bool = True  # False: the label reaches the net only through object_tokens, not the time embedding
     object_count: bool = False  # True: the number of objects has its own embedding in the time embedding
+    tokens_every_level: bool = False  # True: the levels without self-attention read object_tokens too
 
 
 @dataclass
@@ -355,6 +356,8 @@ def _check_model(m: ModelConfig, bad) -> None:
         bad("model.pixel_head", f"must be > 0 (or empty for no pixel head), got {m.pixel_head}")
     if not m.multi_hot and m.object_tokens is None:
         bad("model.multi_hot", "false needs model.object_tokens (the objects must reach the network some way)")
+    if m.tokens_every_level and m.object_tokens is None:
+        bad("model.tokens_every_level", "true needs model.object_tokens (the tokens it reads)")
 
 
 def check_finite(value, where: str):

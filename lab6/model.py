@@ -34,6 +34,11 @@ plain model's weights still load (`train.init_from`).
 With `object_count` True, the number of objects n (0 for "no condition") goes through its own embedding
 `count_embedding = nn.Embedding(1 + 3, time_embed_dim)` into the time embedding: a cross-attention averages the
 tokens it reads, so how many there are is otherwise only implicit. It starts at zero, so it can be grafted too.
+
+With `tokens_every_level` True, the levels without self-attention read the tokens too: after each ResNet block of a
+plain Down/Up block (the 16×16 grid of the quick net), a group norm and an ObjectCrossAttention whose output is added
+to the block's, so that the finest grid, where an object's outline is drawn, also knows which object it belongs to.
+These are forward hooks; their modules (`grid_attention`, `grid_norms`) start at zero output, so they graft too.
 """
 from __future__ import annotations
 
@@ -94,6 +99,19 @@ class _WithObjects:
         return out + extra.transpose(1, 2).reshape(b, c, hgt, wid) / attn.rescale_output_factor
 
 
+class _ReadsObjects:
+    """Forward hook of a ResNet block (B, C, H, W): adds its ObjectCrossAttention's reading of the current tokens."""
+
+    def __init__(self, cross: ObjectCrossAttention, norm: nn.GroupNorm, context: dict):
+        self.cross, self.norm, self.context = cross, norm, context  # plain references, as in _WithObjects
+
+    def __call__(self, module: nn.Module, inputs, out: torch.Tensor) -> torch.Tensor:
+        b, c, hgt, wid = out.shape
+        h = self.norm(out).view(b, c, hgt * wid).transpose(1, 2)  # (B, HW, C)
+        extra = self.cross(h, *self.context["tokens"])  # (B, HW, C)
+        return out + extra.transpose(1, 2).reshape(b, c, hgt, wid)
+
+
 class PixelHead(nn.Module):
     """Residual correction (B, 3, R, R) of a p×p-patch model's output from the output, x_t and in-patch position."""
 
@@ -138,6 +156,7 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         pixel_head: int | None = None,
         multi_hot: bool = True,
         object_count: bool = False,
+        tokens_every_level: bool = False,
     ):
         super().__init__()
         time_embed_dim = time_embedding_dim or 4 * block_out_channels[0]
@@ -159,6 +178,15 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
             self._context: dict = {}
             for a, cross in zip(layers, self.object_attention):
                 a.set_processor(_WithObjects(cross, self._context))
+            if tokens_every_level:  # the ResNet blocks of the levels without self-attention, down then up
+                plain = [r for blk in (*self.unet.down_blocks, *self.unet.up_blocks) if not hasattr(blk, "attentions")
+                         for r in blk.resnets]
+                self.grid_attention = nn.ModuleList(
+                    ObjectCrossAttention(r.out_channels, object_tokens, r.out_channels // attention_head_dim)
+                    for r in plain)
+                self.grid_norms = nn.ModuleList(nn.GroupNorm(norm_num_groups, r.out_channels) for r in plain)
+                for r, cross, norm in zip(plain, self.grid_attention, self.grid_norms):
+                    r.register_forward_hook(_ReadsObjects(cross, norm, self._context))
         if object_count:
             self.count_embedding = nn.Embedding(MAX_OBJECTS + 1, time_embed_dim)  # n (B,) -> (B, time_embed_dim)
             nn.init.zeros_(self.count_embedding.weight)  # adds nothing until trained

@@ -223,6 +223,8 @@ def implementation(cfg: Config, n_params: int | None, stages: list[dict] | None 
              f"{fmt(m.down_block_types)} down, {fmt(m.up_block_types)} up (self-attention in the Attn blocks"
              + (", each with a cross-attention to the object tokens beside it, its output projection initialised to zero"
                 if tokens else "") + ")"
+             + ("; every ResNet block of the other levels reads the tokens too, by the same cross-attention after a "
+                "group norm" if tokens and m.tokens_every_level else "")
              + (f"; {n_params / 1e6:.2f} M parameters" if n_params else "") + ".</li>",
              ("<li>Conditioning: the 24-dim multi-hot label vector y goes through a learned linear layer into the "
               "time embedding, which every ResNet block reads"

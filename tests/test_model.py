@@ -166,6 +166,39 @@ def test_object_count_grafts_unchanged_and_reaches_the_output(tmp_path):
         init_weights(only, tmp_path / "counted")
 
 
+def test_tokens_every_level_grafts_unchanged_and_reads_the_finest_grid(tmp_path):
+    """tokens_every_level: the ResNet blocks of the levels without self-attention read the tokens; grafted onto a
+    tokens model it starts as that model; trained, each grid reading reaches the output; it survives a reload."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(PROFILES["tiny"].model, object_tokens=16, multi_hot=False, object_count=True)
+    tokens = build_model(cfg).eval()
+    tokens.save_pretrained(tmp_path / "tokens")
+    every = build_model(dataclasses.replace(cfg, tokens_every_level=True)).eval()
+    init_weights(every, tmp_path / "tokens")
+    plain_blocks = [b for b in (*every.unet.down_blocks, *every.unet.up_blocks) if not hasattr(b, "attentions")]
+    assert len(every.grid_attention) == sum(len(b.resnets) for b in plain_blocks) > 0
+    xt, t, _ = _inputs(3)
+    y = L.encode_batch([["red cube", "blue sphere"], ["cyan cylinder"], ["gray cube", "red cube", "red sphere"]])
+    with torch.no_grad():
+        assert torch.equal(tokens(xt, t, y), every(xt, t, y))
+        for i, cross in enumerate(every.grid_attention):
+            before = every(xt, t, y)
+            torch.nn.init.normal_(cross.to_out.weight, std=0.5)
+            assert (every(xt, t, y) - before).abs().amax() > 1e-4, f"grid reading {i} does not reach the output"
+        a, b = (L.encode_batch([s] * 3) for s in (["red cube", "blue sphere"], ["blue cube", "red sphere"]))
+        assert (every(xt, t, a) - every(xt, t, b)).abs().amax() > 1e-4
+        c = L.encode_batch([["blue sphere", "red cube"]] * 3)  # the same set in another order
+        assert torch.equal(every(xt, t, a), every(xt, t, c))
+    every.save_pretrained(tmp_path / "every")
+    again = ConditionalUNet.from_pretrained(tmp_path / "every").eval()
+    with torch.no_grad():
+        assert torch.equal(again(xt, t, y), every(xt, t, y))
+    with pytest.raises(ConfigError, match="differs in tokens_every_level"):
+        init_weights(tokens, tmp_path / "every")
+    with pytest.raises(ConfigError, match="model.tokens_every_level: true needs model.object_tokens"):
+        load_config("tiny", tokens_every_level=True)
+
+
 def test_pixel_head_grafts_unchanged_and_sees_across_patch_borders(tmp_path):
     """init_from a plain patch model: the pixel-head model's output equals it until the head is trained; trained,
     the head knows each pixel's place in its patch (it can undo a grain of the patch period) and survives a reload."""
