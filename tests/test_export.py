@@ -143,11 +143,15 @@ def test_the_card_shows_the_scores_a_run_recorded(tmp_path):
     assert "the patch grid moved by a few pixels at every step (`shift_patches`)" in model_card(shifted)
     only = dataclasses.replace(quick, model=dataclasses.replace(quick.model, object_tokens=64, multi_hot=False))
     assert "object tokens (64 wide, the only condition)" in model_card(only)
+    every = dataclasses.replace(quick, model=dataclasses.replace(only.model, tokens_every_level=True))
+    assert "object tokens (64 wide, the only condition, read at every level)" in model_card(every)
 
 
-def test_the_shipped_model_travels():
-    """pretrained/quick is in the new layout, with its code identical to lab6's and a card."""
-    folder = REPO / "pretrained" / "quick"
+@pytest.mark.parametrize("name", ["quick", "quick-tokens"])
+def test_the_shipped_model_travels(name):
+    """pretrained/quick and the model in training beside it are in the new layout, with their code identical to
+    lab6's, a card, and fp16 weights under 25 MB."""
+    folder = REPO / "pretrained" / name
     assert (folder / P.PIPELINE_FILE).read_bytes() == Path(P.__file__).read_bytes()
     assert (folder / "unet" / P.UNET_FILE).read_bytes() == Path(M.__file__).read_bytes()
     assert "trust_remote_code=True" in (folder / "README.md").read_text()

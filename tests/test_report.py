@@ -1,6 +1,7 @@
 """The report as a TA reads it on paper: judges named, duplicates called so, numbered grids, print layout."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -12,6 +13,7 @@ from PIL import Image
 from lab6 import checker as C
 from lab6 import labels as L
 from lab6 import report as R
+from lab6.config import load_config
 from lab6.evaluator import breakdown_from_probs
 from lab6.plots import STRIP_FRAMES, denoising_strip, make_grid, png_display, save_figure, strip_steps
 
@@ -167,3 +169,17 @@ def test_the_live_network_is_named_as_it_is():
     assert R.live_network(quick, quick) == "the graded model's network"
     text = R.live_network(live, quick)
     assert text.startswith("a different network") and "32×32 images on 2×2 patches" in text and "64, 64, 64" in text
+
+
+def test_implementation_names_how_the_objects_reach_the_network():
+    """The report's implementation section follows the model: the multi-hot label, or tokens, the count, every level."""
+    plain = load_config("quick")
+    text = R.implementation(plain, None)
+    assert "multi-hot label vector" in text and "token" not in text
+    m = dataclasses.replace(plain.model, object_tokens=64, multi_hot=False, object_count=True, tokens_every_level=True)
+    text = R.implementation(dataclasses.replace(plain, model=m), None)
+    assert "the tokens are the only way the objects reach the network" in text
+    assert "the number of objects has its own learned embedding" in text
+    assert "every ResNet block of the other levels reads the tokens too" in text
+    no_grid = R.implementation(dataclasses.replace(plain, model=dataclasses.replace(m, tokens_every_level=False)), None)
+    assert "other levels" not in no_grid
