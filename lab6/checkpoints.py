@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from .card import CARD_FILE, model_card, run_scores
 from .config import Config, config_from_dict, read_yaml, to_yaml
@@ -456,6 +456,10 @@ def export_pipeline(run: TrainState, folder: Path, step: int) -> Path:
     if run.accelerator.is_main_process:
         with ema_weights(model, run.ema), atomic_dir(folder) as tmp:
             build_pipeline(model, run.cfg).save_pretrained(tmp)  # with its code: plain diffusers loads it
+            if run.cfg.train.export_dtype == "float16":
+                weights = tmp / "unet" / "diffusion_pytorch_model.safetensors"
+                save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()},
+                          str(weights), metadata={"format": "pt"})
             write_text(tmp / "lab6_config.yaml", to_yaml(run.cfg))
             write_json(tmp / EXPORT_STEP_FILE, {"step": step})
             stages = run_stages(run, step)

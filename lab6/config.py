@@ -103,6 +103,7 @@ class TrainConfig:
     validate_splits: tuple[str, ...] = ("test", "new_test")
     evaluator: str | None = None  # None: <data_root>/checkpoint.pth or evaluator.pth, else lab6.evaluator's default
     init_from: str | None = None  # a model folder (an export or its unet/) whose weights start training: fine-tuning
+    export_dtype: str = "float32"  # "float16": the export's UNet weights in half precision (what pretrained/ commits)
 
 
 @dataclass
@@ -320,6 +321,8 @@ def validate_config(cfg: Config, where: str = "") -> Config:
         bad("sample.num_steps", f"{p.num_steps} exceeds num_train_timesteps {s.num_train_timesteps}")
     if p.timestep_spacing not in TIMESTEP_SPACINGS:
         bad("sample.timestep_spacing", f"must be one of {', '.join(TIMESTEP_SPACINGS)}, got {p.timestep_spacing!r}")
+    if t.export_dtype not in ("float32", "float16"):
+        bad("train.export_dtype", f"must be 'float32' or 'float16', got {t.export_dtype!r}")
     if t.mixed_precision not in ("no", "bf16", "fp16"):
         bad("train.mixed_precision", f"must be 'no', 'bf16' or 'fp16', got {t.mixed_precision!r}")
     if t.lr_scheduler not in LR_SCHEDULERS:

@@ -313,7 +313,8 @@ def kv_table(title: str, items: dict, pairs: int = 3) -> str:
 
 def hyperparameters(cfg: Config, stages: list[dict] | None = None) -> str:
     """The training stages (stages.json), then one compact table per config section, full width."""
-    skip = ("output_dir", "data_root", "device", "evaluator", "init_from", "num_threads", "mixed_precision")
+    skip = ("output_dir", "data_root", "device", "evaluator", "init_from", "num_threads", "mixed_precision",
+            "export_dtype")
     tables = [kv_table(section, {k: v for k, v in vars(getattr(cfg, section)).items() if k not in skip}
                        | ({"precision": precision_as_run(cfg.train.mixed_precision, stages)}
                           if section == "train" else {}))

@@ -483,3 +483,16 @@ def test_init_from_starts_from_an_exports_weights(tmp_path, dataset, monkeypatch
     with pytest.raises(ConfigError, match="train.init_from: .*nothing: expected a model folder"):
         train(tiny_cfg(tmp_path / "d", dataset, init_from=str(tmp_path / "nothing")), progress=False)
     assert not (tmp_path / "d").exists()  # nothing written for a bad input
+
+
+def test_export_dtype_float16_halves_the_exported_weights_only(tmp_path, dataset):
+    from safetensors.torch import load_file
+    run = train(tiny_cfg(tmp_path / "h", dataset, export_dtype="float16"), progress=False)
+    weights = load_file(str(run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert {v.dtype for v in weights.values()} == {torch.float16}
+    ema = load_file(str(list_checkpoints(run)[-1][1] / "ema" / "diffusion_pytorch_model.safetensors"))
+    assert {v.dtype for v in ema.values()} == {torch.float32}  # what a resume reads keeps full precision
+    loaded = ConditionalUNet.from_pretrained(run / "pipeline" / "unet").state_dict()
+    assert all(torch.equal(loaded[k].half(), v) for k, v in weights.items())
+    with pytest.raises(ConfigError, match="train.export_dtype: must be 'float32' or 'float16', got 'bf16'"):
+        tiny_cfg(tmp_path / "x", dataset, export_dtype="bf16")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU run for pretrained/quick-tokens: render the default synthetic set, train gpu.yaml for MINUTES
-# (from random weights, or from INIT, a model folder such as the last CPU chunk) and store the EMA export in fp16;
-# with SEEDS set, bench_fidelity reads it there too (on the CPU cores: ~1 min a seed on 16). What must last comes
-# back in $OUT as <= 15 MB parts of one tar.
+# (from random weights, or from INIT, a model folder such as the last CPU chunk), which exports the EMA weights in
+# fp16 (gpu.yaml's export_dtype); with SEEDS set, bench_fidelity reads it there too (on the CPU cores: ~1 min a
+# seed on 16). What must last comes back in $OUT as <= 15 MB parts of one tar.
 #
 #   bash pretrained/quick-tokens/gpu.sh                 # on the device machine, from the repository root; OUT set
 #   MINUTES=0.2 SCENES=60 DEVICE=cpu OUT=/tmp/out bash pretrained/quick-tokens/gpu.sh   # tiny, on a CPU
@@ -26,14 +26,6 @@ stamp "train"
 $PY -m lab6 train --profile quick --config pretrained/quick-tokens/gpu.yaml --data data/synth --out "$W/run" \
   --max-minutes "$MINUTES" --device "$DEVICE" --no-progress ${INIT:+--init-from "$INIT"} > "$W/logs/train.log" 2>&1
 stamp "train ended: $?"
-
-$PY - "$W/run/pipeline/unet/diffusion_pytorch_model.safetensors" <<'PYEOF' 2>&1 | tee "$W/logs/pack.log"
-import sys
-from safetensors.torch import load_file, save_file
-f = sys.argv[1]
-save_file({k: v.half() for k, v in load_file(f).items()}, f)  # fp16: what is committed (<= 25 MB)
-print("fp16:", f)
-PYEOF
 
 if [ -n "$SEEDS" ]; then
 stamp "bench_fidelity, seeds $SEEDS"
