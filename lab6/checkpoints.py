@@ -70,6 +70,7 @@ class TrainState:
     lr_scheduler: object
     generator: torch.Generator
     recipe: str | None = None  # the --config file the run was started with, for stages.json
+    keep_step: int | None = None  # the checkpoint before a loss spike: never pruned while the spike lasts
 
 
 # ---------------------------------------------------------------- finding checkpoints
@@ -250,7 +251,7 @@ def save_checkpoint(run: TrainState, step: int) -> Path:
         limit = run.cfg.train.checkpoints_total_limit
         if limit:  # incomplete ones (a cut copy) do not count: the newest complete ones are kept
             complete = [p for _, p in list_checkpoints(out) if checkpoint_problem(p) is None]
-            for p in complete[:-limit]:
+            for p in [p for p in complete[:-limit] if p.name != f"checkpoint-{run.keep_step}"]:
                 gone = out / f".{p.name}.del"  # renamed first: a kill during rmtree leaves no half checkpoint
                 os.replace(p, gone)
                 shutil.rmtree(gone, ignore_errors=True)
@@ -345,6 +346,9 @@ def restore_checkpoint(run: TrainState, ckpt: Path) -> int:
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{ckpt}: optimizer state does not match this model ({first_line(e)})") from None
     _resume_lr(run)
+    saved_init = state.get("config", {}).get("train", {}).get("init_from")
+    if t.init_from is None and saved_init:  # where the weights first came from: their stages stay in stages.json
+        t.init_from = saved_init
     changed = changed_settings(state.get("config", {}).get("train", {}), run.cfg.to_dict()["train"])
     if changed and acc.is_main_process:
         print(f"resuming {ckpt.name} with changed settings: {', '.join(changed)}", flush=True)

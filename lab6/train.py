@@ -445,10 +445,15 @@ def log_window(run: TrainState, window: LossWindow, spikes: LossSpikeWatch, step
     mean_loss = window.mean()
     check_finite(mean_loss, step, last_ckpt, out)
     spike = spikes(mean_loss, window.n, step)
+    if spike:
+        run.keep_step = last_ckpt if last_ckpt > 0 else None
+    elif not spikes.warned:
+        run.keep_step = None  # the loss came back down: the usual pruning again
     if spike and acc.is_main_process:
-        since = f"{out / f'checkpoint-{last_ckpt}'} predates it" if last_ckpt > 0 else "no checkpoint predates it"
-        bar.write(f"warning: {out}: {spike}; {since}. If it stays up, stop and resume from an earlier checkpoint "
-                  f"with a lower train.lr", file=sys.stderr)
+        since = (f"{out / f'checkpoint-{last_ckpt}'} predates it and is kept while the loss stays up"
+                 if last_ckpt > 0 else "no checkpoint predates it")
+        bar.write(f"warning: {out}: {spike}; {since}. If it stays up, stop and resume from that checkpoint with a "
+                  f"lower train.lr", file=sys.stderr)
     rec = {"step": step, "loss": round(mean_loss, 6), "lr": run.lr_scheduler.get_last_lr()[0],
            "img_per_s": round(ips, 2), "elapsed_s": round(now - window.start, 1)}
     if acc.device.type == "cuda":

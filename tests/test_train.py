@@ -384,12 +384,14 @@ def test_loss_spike_watch_warns_once_per_episode():
 
 def test_a_loss_that_spikes_and_stays_finite_warns_and_training_goes_on(tmp_path, dataset, monkeypatch, capsys):
     """A run that diverges without NaN (the wider CPU hour: 0.02 -> 0.25-0.41) gets one warning naming the
-    checkpoint before it, and otherwise trains and exports as usual."""
+    checkpoint before it, keeps that checkpoint past the pruning, and otherwise trains and exports as usual."""
     _wrap_loss(monkeypatch, lambda call, model, loss: loss * 20 if call > 120 else loss)
-    train(tiny_cfg(tmp_path / "s", dataset, max_steps=150, checkpoint_every=100, log_every=1), progress=False)
+    run = train(tiny_cfg(tmp_path / "s", dataset, max_steps=250, checkpoint_every=50, checkpoints_total_limit=2,
+                         log_every=1), progress=False)
     err = [line for line in capsys.readouterr().err.splitlines() if "may be diverging" in line]
     assert len(err) == 1, err
-    assert re.search(r"at step 1[23]\d is \d+x its lowest.*checkpoint-100 predates it", err[0]), err[0]
+    assert re.search(r"at step 1[23]\d is \d+x its lowest.*checkpoint-100 predates it and is kept", err[0]), err[0]
+    assert [s for s, _ in list_checkpoints(run)] == [100, 200, 250]  # pruned as usual, but for the one before
     assert (tmp_path / "s" / "pipeline" / "model_index.json").is_file()
 
 
@@ -496,3 +498,11 @@ def test_export_dtype_float16_halves_the_exported_weights_only(tmp_path, dataset
     assert all(torch.equal(loaded[k].half(), v) for k, v in weights.items())
     with pytest.raises(ConfigError, match="train.export_dtype: must be 'float32' or 'float16', got 'bf16'"):
         tiny_cfg(tmp_path / "x", dataset, export_dtype="bf16")
+
+
+def test_a_resumed_fine_tuning_keeps_the_stages_it_started_from(tmp_path, dataset):
+    first = train(tiny_cfg(tmp_path / "a", dataset), progress=False)
+    train(tiny_cfg(tmp_path / "b", dataset, init_from=str(first / "pipeline"), max_steps=3), progress=False)
+    resumed = train(tiny_cfg(tmp_path / "b", dataset), resume="latest", progress=False)  # no init_from given
+    stages = json.loads((resumed / "pipeline" / "stages.json").read_text())
+    assert [s["steps"] for s in stages] == [6, 6] and stages[1]["init_from"] == str(first / "pipeline")
