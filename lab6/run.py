@@ -298,11 +298,13 @@ def training_recipe(profile: str, start: Path | None) -> Path | None:
 
 def run_model(profile: str, run_dir: str | Path, model: str | None = None,
               data_root: str | Path | None = None) -> tuple[Path, str]:
-    """(model folder, where it came from) for notebooks 04-05: an explicit path; for the default synthetic data
-    the model shipped for the profile in pretrained/<profile>/; else the model trained in this run (run_dir/train)."""
+    """(model folder, where it came from) for notebooks 04-05: an explicit path; for the quick profile on the default
+    synthetic data the shipped pretrained/quick/ (a CPU's live run is a lesson, not a model); else the model trained
+    in this run (run_dir/train), which a full run on a GPU is there to make."""
     if model:
         return Path(model), f"given: {model}"
     shipped = PRETRAINED_DIR / profile
-    if (shipped / "model_index.json").exists() and is_default_synth(data_root or default_data_root()):
+    default_data = is_default_synth(data_root or default_data_root())
+    if profile == "quick" and (shipped / "model_index.json").exists() and default_data:
         return shipped, f"shipped model pretrained/{profile} (trained with lab6 train; see its TRAINING.md)"
     return Path(run_dir) / "train", f"trained live in this run ({Path(run_dir) / 'train'})"

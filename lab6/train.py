@@ -170,9 +170,12 @@ def make_lr_scheduler(tc: TrainConfig, optimizer: torch.optim.Optimizer):
 
 # ---------------------------------------------------------------- a time budget as a step count
 def measure_speed(cfg: Config, steps: int = 8, warmup: int = 3) -> float:
-    """Training images per second of cfg's model, loss and batch on train.device (random images, a few seconds)."""
+    """Training images per second of cfg's model, loss and batch on train.device (random images, a few seconds),
+    under train.mixed_precision's autocast on CUDA as the training loop runs."""
     tc = cfg.train
     device = resolve_device(tc.device, "train.device")
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.mixed_precision)
+    amp = torch.autocast("cuda", dtype=half, enabled=device.type == "cuda" and half is not None)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     g = torch.Generator().manual_seed(0)
@@ -189,9 +192,10 @@ def measure_speed(cfg: Config, steps: int = 8, warmup: int = 3) -> float:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        loss = diffusion_loss(model, x0, y, alphas_cumprod, g, prediction_type=cfg.schedule.prediction_type,
-                              cond_drop_prob=tc.cond_drop_prob, min_snr_gamma=tc.min_snr_gamma,
-                              timestep_sampling=tc.timestep_sampling, pixel_weight=pw)
+        with amp:
+            loss = diffusion_loss(model, x0, y, alphas_cumprod, g, prediction_type=cfg.schedule.prediction_type,
+                                  cond_drop_prob=tc.cond_drop_prob, min_snr_gamma=tc.min_snr_gamma,
+                                  timestep_sampling=tc.timestep_sampling, pixel_weight=pw)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -277,13 +277,15 @@ def test_parameter_counts_per_profile():
     assert count_parameters(build_model(PROFILES["tiny"].model)) < 20_000
     assert 8_000_000 < count_parameters(build_model(PROFILES["quick"].model)) < 8_800_000  # 8.39 M on 4×4 patches
     with torch.device("meta"):
+        seed = build_model(PROFILES["seed"].model)
         full = build_model(PROFILES["full"].model)
-    assert full.label_embedding.weight.shape == (512, 24)  # the seed report's nn.Linear(24, 512)
-    assert count_parameters(full) == 113_686_019
-    blocks = [type(b).__name__ for b in full.unet.down_blocks]
+    assert seed.label_embedding.weight.shape == (512, 24)  # the seed report's nn.Linear(24, 512)
+    assert count_parameters(seed) == 113_686_019
+    blocks = [type(b).__name__ for b in seed.unet.down_blocks]
     assert blocks.index("AttnDownBlock2D") == 4 and blocks.count("AttnDownBlock2D") == 1
-    ups = [type(b).__name__ for b in full.unet.up_blocks]
+    ups = [type(b).__name__ for b in seed.unet.up_blocks]
     assert ups.index("AttnUpBlock2D") == 1 and ups.count("AttnUpBlock2D") == 1
+    assert 2 * count_parameters(full) <= 25_000_000  # pretrained/full would fit the 25 MB of fp16 weights
 
 
 def test_report_describes_the_object_tokens():

@@ -506,3 +506,28 @@ def test_a_resumed_fine_tuning_keeps_the_stages_it_started_from(tmp_path, datase
     resumed = train(tiny_cfg(tmp_path / "b", dataset), resume="latest", progress=False)  # no init_from given
     stages = json.loads((resumed / "pipeline" / "stages.json").read_text())
     assert [s["steps"] for s in stages] == [6, 6] and stages[1]["init_from"] == str(first / "pipeline")
+
+
+def test_the_full_profile_trains_exports_and_is_graded_as_trained_on_the_cpu(tmp_path, dataset):
+    """`full` (the GPU profile) end to end at a tiny budget on the CPU: train, fp16 export, sample 64x64; a full
+    run's notebooks 04-05 grade the model the run trained, on the default renders too."""
+    from lab6 import data as D
+    from lab6 import synth as S
+    from lab6.run import run_model
+    from lab6.sample import load_pipeline, sample
+    cfg = load_config("full", output_dir=str(tmp_path / "full" / "train"), data_root=str(dataset), device="cpu",
+                      train={"max_steps": 2, "batch_size": 4, "checkpoint_every": 2, "validate_num": 0,
+                             "lr_warmup_steps": 1})
+    run = train(cfg, progress=False)
+    weights = run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"
+    assert weights.stat().st_size < 25_000_000  # what pretrained/full may commit
+    images = sample(load_pipeline(run / "pipeline", device="cpu"), [["red cube"], ["cyan cylinder", "cyan cube"]],
+                    num_steps=2).images
+    assert images.shape == (2, 3, 64, 64) and torch.isfinite(images).all()
+    default = tmp_path / "renders"  # marked as the default renders, where the quick profile grades pretrained/quick
+    default.mkdir()
+    state = {"renderer": S.RENDER_VERSION, "config": S.SynthConfig().record()}
+    (default / D.SYNTH_STATE).write_text(json.dumps(state))
+    assert D.is_default_synth(default)
+    assert run_model("full", tmp_path / "full", data_root=default)[0] == run
+    assert run_model("quick", tmp_path / "quick", data_root=default)[0] == REPO / "pretrained" / "quick"
