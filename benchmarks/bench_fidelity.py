@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_fidelity.py --models pretrained/quick [--settings SDE-DPM++-25@4,DPM++-20@2]
         [--seeds 0-10] [--data data/synth] [--out DIR]
 
-For every model and setting (a lab6.compare.SAMPLER_SETTINGS name or none for the model's own sampler, `@w` for the
+For every model and setting (a lab6.compare.SAMPLER_SETTINGS name, or one with another step count such as
+SDE-DPM++-18, or none for the model's own sampler, `@w` for the
 guidance scale, `+o` for composable guidance of weight o per object beside it, `:shift` / `:noshift` to move the patch
 grid at every step or not; default the model's), samples each
 label set of test, new_test and unseen_test once per seed and reports per split the course's top-k accuracy and the
@@ -60,6 +61,7 @@ def parse_settings(text: str) -> list[tuple[str | None, str | None, int | None, 
     patches)], None meaning the model's own; a bare '@w+o' keeps the model's sampler, '+o' adds composable guidance
     of weight o per object, ':shift' / ':noshift' moves (or keeps) the patch grid at every step."""
     known = {s[0]: s for s in SAMPLER_SETTINGS}
+    families = {name.rsplit("-", 1)[0]: sampler for name, sampler, _ in SAMPLER_SETTINGS}  # SDE-DPM++-18 and such
     shifts = {"": None, "shift": True, "noshift": False}
     out = []
     for item in filter(None, (t.strip() for t in text.split(","))):
@@ -67,8 +69,12 @@ def parse_settings(text: str) -> list[tuple[str | None, str | None, int | None, 
         if shift not in shifts:
             raise SystemExit(f"error: --settings: {shift!r}: expected ':shift' or ':noshift' after a setting")
         name, _, scales = item.partition("@")
+        family, _, steps = name.rpartition("-")
+        if name and name not in known and family in families and steps.isdigit() and int(steps) > 0:
+            known[name] = (name, families[family], int(steps))
         if name and name not in known:
-            raise SystemExit(f"error: --settings: unknown {name!r}; choose from {', '.join(known)} (or none: '@w')")
+            raise SystemExit(f"error: --settings: unknown {name!r}; choose from {', '.join(known)} or another step "
+                             f"count of one of them (or none: '@w')")
         w, _, o = scales.partition("+")
         try:
             w, o = (float(w) if w else None), (float(o) if o else None)
