@@ -169,9 +169,10 @@ def make_lr_scheduler(tc: TrainConfig, optimizer: torch.optim.Optimizer):
 
 
 # ---------------------------------------------------------------- a time budget as a step count
-def measure_speed(cfg: Config, steps: int = 8, warmup: int = 3) -> float:
+def measure_speed(cfg: Config, steps: int = 8, warmup: int = 3, max_seconds: float = 20.0) -> float:
     """Training images per second of cfg's model, loss and batch on train.device (random images, a few seconds),
-    under train.mixed_precision's autocast on CUDA as the training loop runs."""
+    under train.mixed_precision's autocast on CUDA as the training loop runs. Steps slower than max_seconds / 4
+    (a GPU profile's batch on a CPU) cut the warm-up to one step and the timing to max_seconds."""
     tc = cfg.train
     device = resolve_device(tc.device, "train.device")
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.mixed_precision)
@@ -187,11 +188,17 @@ def measure_speed(cfg: Config, steps: int = 8, warmup: int = 3) -> float:
     y = torch.zeros(tc.batch_size, 24, device=device)
     y[:, 1], y[:, 14] = 1.0, 1.0  # (B, 24): a red cube and a green cylinder
     pw = torch.ones(tc.batch_size, 1, r, r, device=device) if tc.foreground_weight > 0 else None
+    timed, first = 0, time.perf_counter()
     for i in range(warmup + steps):
+        if i == 1 and warmup > 1 and time.perf_counter() - first > max_seconds / 4:
+            warmup = 1  # one slow step warms up as well as three
         if i == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
+        elif i > warmup and time.perf_counter() - start > max_seconds:
+            break
+        timed += i >= warmup
         with amp:
             loss = diffusion_loss(model, x0, y, alphas_cumprod, g, prediction_type=cfg.schedule.prediction_type,
                                   cond_drop_prob=tc.cond_drop_prob, min_snr_gamma=tc.min_snr_gamma,
@@ -201,7 +208,7 @@ def measure_speed(cfg: Config, steps: int = 8, warmup: int = 3) -> float:
         opt.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps * tc.batch_size / (time.perf_counter() - start)
+    return timed * tc.batch_size / (time.perf_counter() - start)
 
 
 # The training loop (batches from uint8, EMA, grad clip, logging) runs at about LOOP_SHARE of measure_speed's rate

@@ -121,3 +121,15 @@ def test_validation_grids_are_titled_with_the_live_accuracy(tmp_path):
     assert titles[1] == "test.json, step 20" and titles[2].endswith("top-k test 0.50")
     many = plot_validation_grids(grids * 3, records, most=4)
     assert len(many.axes) == 4
+
+
+def test_measure_speed_cuts_its_steps_on_a_slow_machine(monkeypatch):
+    """Eleven steps where they are quick; one warm-up and one timed step where a step outlasts the time allowed
+    (a GPU profile's batch on a CPU took 7 minutes to measure)."""
+    import lab6.train as T
+    calls, real = [], T.diffusion_loss
+    monkeypatch.setattr(T, "diffusion_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = load_config("tiny", train={"device": "cpu"})
+    assert T.measure_speed(cfg) > 0 and len(calls) == 11
+    calls.clear()
+    assert T.measure_speed(cfg, max_seconds=1e-9) > 0 and len(calls) == 2
