@@ -1,6 +1,6 @@
 """Where a training step's time goes: a profile's UNet arithmetic against this CPU's own convolution speed.
 
-    .venv/bin/python benchmarks/bench_step.py [--profile quick] [--seconds 5] [--threads 2]
+    .venv/bin/python benchmarks/bench_step.py [--profile quick] [--config YAML|none] [--seconds 5] [--threads 2]
 
 Answers "is the step rate limited by the arithmetic or by the code around it?" for the 20-minute budget. It
 counts the forward operations of one image (convolutions and linear layers, via forward hooks; attention's two
@@ -9,6 +9,10 @@ matrix products are added from its shapes), times the real training step of `lab
 update, a batch drawn from a uint8 tensor), and a bare 3×3 convolution at the UNet's widest stage and a square
 matrix product as this CPU's reference speeds. The achieved rate counts a step as 3× the forward operations
 (backward ≈ 2× forward). Last, `torch.profiler` splits a few steps by operator.
+
+S, the machine speed beside every time in this project, is its first step rate with no options: the quick net the
+budgets were set on (S_REFERENCE, the multi-hot net shipped until 2026-12-07), not the profile's token net, which
+trains at 0.73-0.80 of it (LOG.md, 2026-12-07); `--config none` times the quick profile as it is.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as every lab6 entry point, before torch loads
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
+
+S_REFERENCE = C.REPO / "pretrained" / "quick-multihot" / "lab6_config.yaml"  # the quick recipe that S is measured on
 
 
 def forward_flops(model, xt, t, y) -> float:
@@ -64,6 +70,8 @@ def rate(fn, seconds: float, items: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="quick", help="training profile (default quick)")
+    parser.add_argument("--config", help="a YAML over the profile (default for quick: S's reference net, "
+                                         f"{S_REFERENCE.relative_to(C.REPO)}; 'none': the profile as it is)")
     parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per measurement (default 5)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--batch-size", type=int, default=0, help="batch size (default: the profile's)")
@@ -83,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     from lab6.schedules import alphas_cumprod
     from lab6.train import diffusion_loss, make_batch
 
-    cfg = load_config(args.profile)
+    config = args.config or (str(S_REFERENCE) if args.profile == "quick" else "none")
+    cfg = load_config(args.profile, None if config == "none" else Path(config))
     m, tr = cfg.model, cfg.train
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -135,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, "
           f"{args.threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
           f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}")
-    print(f"profile {args.profile}: {count_parameters(model) / 1e6:.2f} M parameters, batch {b} at {r}px "
+    net_name = f"profile {args.profile}" + ("" if config == "none" else f" + {os.path.relpath(config)}")
+    print(f"{net_name}: {count_parameters(model) / 1e6:.2f} M parameters, batch {b} at {r}px "
           f"(patch {m.patch_size}: the UNet runs at {side}x{side}); forward {flops / 1e6:.0f} MFLOP per image")
     net = rate(network_step, args.seconds, b)
     loop = rate(loop_step, args.seconds, b)

@@ -155,21 +155,23 @@ def _profiles() -> dict[str, Config]:
         sample=SampleConfig(sampler="ddim", num_steps=10, guidance_scale=2.0, batch_size=64),
     )
     # The default: the 64x64 image itself on 4x4 patches (a 16x16 UNet grid, attention at 8x8 and 4x4), so nothing is
-    # upsampled; every timestep and pixel weighed alike, which trains the high-noise steps that decide how many
-    # objects a scene holds (pretrained/quick/TRAINING.md). max_steps is about what make run's CPU does in max_minutes.
+    # upsampled, conditioned only by object tokens: one token per object (colour + shape), read by cross-attention at
+    # every level, the number of objects beside the time, no multi-hot label (it fuses same-colour pairs); every
+    # timestep and pixel weighed alike (pretrained/quick/TRAINING.md). max_steps is about what make run's CPU does in
+    # max_minutes; the shipped pretrained/quick took a million images.
     quick = Config(
         profile="quick",
         model=ModelConfig(sample_size=64, patch_size=4, block_out_channels=(96, 160, 160),
                           down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
                           up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-                          resnet_time_scale_shift="scale_shift"),
+                          resnet_time_scale_shift="scale_shift", object_tokens=64, multi_hot=False,
+                          object_count=True, tokens_every_level=True),
         train=TrainConfig(output_dir="outputs/quick/train", num_threads=2, max_steps=1600, max_minutes=20.0,
                           lr=1e-3, lr_scheduler="constant_with_warmup", lr_warmup_steps=150, validate_every=1000),
         # w=3: exact scenes and FID against top-k; the moving patch grid: the grain without changing the counts
         sample=SampleConfig(sampler="dpm-sde", guidance_scale=3.0, shift_patches=True),
     )
-    # The GPU profile: the object-token net of pretrained/quick-tokens (one token per object read at every level,
-    # the object count beside the time, no multi-hot label) on 2x2 patches (a 32x32 grid: half the patch grain's
+    # The GPU profile: the quick profile's object-token net on 2x2 patches (a 32x32 grid: half the patch grain's
     # period, four times the work), 11.9 M parameters (23.9 MB fp16), bf16 batches of 256, the LR warmed up, held
     # and decayed to 0. max_steps is the whole schedule (an estimate for one H100); notebook 03 fits it to the speed
     # it measures and max_minutes (lab6.train.fit_to_budget), so the decay ends inside the budget.

@@ -48,7 +48,7 @@ def _pipeline_from_checkpoint(ckpt: Path) -> ConditionalDDPMPipeline:
 
 def _export_behind(run: Path) -> tuple[int, Path] | None:
     """(export step, newest checkpoint) when a run's export is not of its newest complete checkpoint, else None
-    (also for exports that predate the step record, such as pretrained/quick)."""
+    (also for exports that predate the step record, such as pretrained/quick-multihot)."""
     try:
         step = int(json.loads((run / EXPORT_DIR / EXPORT_STEP_FILE).read_text())["step"])
     except (OSError, ValueError, KeyError, TypeError):

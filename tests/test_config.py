@@ -21,11 +21,12 @@ def test_every_profile_delivers_64px():
     assert (seed.schedule.prediction_type, seed.sample.sampler, seed.sample.num_steps,
             seed.sample.guidance_scale, seed.train.lr, seed.train.cond_drop_prob) == \
         ("epsilon", "ddpm", 1000, 1.0, 1e-4, 0.0)
-    full, tokens = PROFILES["full"], load_config("quick", REPO / "pretrained/quick-tokens/decay.yaml")
+    full, shipped = PROFILES["full"], load_config("quick", REPO / "pretrained/quick/decay.yaml")
     assert full.model.patch_size == 2 and full.train.mixed_precision == "bf16" and full.train.batch_size >= 256
     assert full.train.lr_scheduler == "warmup_stable_decay" and full.train.export_dtype == "float16"
     same = ("object_tokens", "multi_hot", "object_count", "tokens_every_level", "down_block_types", "up_block_types")
-    assert [getattr(full.model, k) for k in same] == [getattr(tokens.model, k) for k in same]  # the CPU chunks' net
+    assert [getattr(full.model, k) for k in same] == [getattr(shipped.model, k) for k in same]  # the CPU chunks' net
+    assert PROFILES["quick"].model == shipped.model  # the quick profile's net is the one pretrained/quick was trained as
 
 
 

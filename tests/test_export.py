@@ -147,9 +147,9 @@ def test_the_card_shows_the_scores_a_run_recorded(tmp_path):
     assert "object tokens (64 wide, the only condition, read at every level)" in model_card(every)
 
 
-@pytest.mark.parametrize("name", ["quick", "quick-tokens"])
+@pytest.mark.parametrize("name", ["quick", "quick-multihot"])
 def test_the_shipped_model_travels(name):
-    """pretrained/quick and the model in training beside it are in the new layout, with their code identical to
+    """pretrained/quick and the multi-hot model it replaced are in the new layout, with their code identical to
     lab6's, a card, and fp16 weights under 25 MB."""
     folder = REPO / "pretrained" / name
     assert (folder / P.PIPELINE_FILE).read_bytes() == Path(P.__file__).read_bytes()

@@ -26,12 +26,14 @@ def test_the_shipped_file_reads_and_covers_the_runs_the_project_measured():
     assert m["splits"] == ["test", "new_test", "unseen_test"] and "screening" in m["format"]
     titles = " | ".join(c["title"] for c in m["comparisons"])
     for subject in ("Patches and resolution", "32×32 model against the 64×64", "min-SNR weight", "Object pixels",
-                    "Stage 1's loss", "Stage 3", "EMA", "Guidance", "Object tokens", "pixel head"):
+                    "Stage 1's loss", "Stage 3", "EMA", "Guidance", "Object tokens", "pixel head",
+                    "from random weights, in CPU chunks"):
         assert subject in titles, subject
     for c in m["comparisons"]:
         assert "benchmarks/LOG.md" in c["source"] and c["measured"] and len(c["rows"]) >= 2
         assert 1 <= len(re.findall(r"[.!?](?:\s|$)", c["why"])) <= 3, c["title"]  # one to three sentences
-    assert sum(r.get("shipped", False) for c in m["comparisons"] for r in c["rows"]) >= 3
+    shipped_rows = [r["method"] for c in m["comparisons"] for r in c["rows"] if r.get("shipped")]
+    assert shipped_rows and all(name.startswith("pretrained/quick ") for name in shipped_rows), shipped_rows
     # bench_screen.py's rows: the shape of a comparison, drawn after the others once it has rows
     screen = m["screening"]
     assert "bench_screen" in screen["measured"] and "benchmarks/LOG.md" in screen["source"]

@@ -169,17 +169,34 @@ def test_the_live_network_is_named_as_it_is():
     assert R.live_network(quick, quick) == "the graded model's network"
     text = R.live_network(live, quick)
     assert text.startswith("a different network") and "32×32 images on 2×2 patches" in text and "64, 64, 64" in text
+    assert text.endswith("conditioned by the multi-hot label vector (the graded one by one token per object)")
 
 
 def test_implementation_names_how_the_objects_reach_the_network():
     """The report's implementation section follows the model: the multi-hot label, or tokens, the count, every level."""
-    plain = load_config("quick")
+    quick = load_config("quick")
+    m = dataclasses.replace(quick.model, object_tokens=None, multi_hot=True, object_count=False, tokens_every_level=False)
+    plain = dataclasses.replace(quick, model=m)
     text = R.implementation(plain, None)
     assert "multi-hot label vector" in text and "token" not in text
-    m = dataclasses.replace(plain.model, object_tokens=64, multi_hot=False, object_count=True, tokens_every_level=True)
-    text = R.implementation(dataclasses.replace(plain, model=m), None)
+    text = R.implementation(quick, None)
     assert "the tokens are the only way the objects reach the network" in text
     assert "the number of objects has its own learned embedding" in text
     assert "every ResNet block of the other levels reads the tokens too" in text
-    no_grid = R.implementation(dataclasses.replace(plain, model=dataclasses.replace(m, tokens_every_level=False)), None)
+    no_grid = R.implementation(dataclasses.replace(quick, model=dataclasses.replace(quick.model, tokens_every_level=False)),
+                               None)
     assert "other levels" not in no_grid
+
+
+def test_the_shipped_models_training_curve_is_its_last_stages_log(tmp_path):
+    """The report draws the shipped model's last stage from the log its stages.json names (a chunk's), else
+    metrics.jsonl beside it; a folder with neither has no curve."""
+    from lab6.records import read_stages
+    from tests.conftest import REPO
+    for name in ("quick", "quick-multihot"):
+        folder = REPO / "pretrained" / name
+        stages = read_stages(folder)
+        assert R.last_stage_log(folder, stages) == REPO / stages[-1]["log"]
+    assert R.last_stage_log(tmp_path, []) is None
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    assert R.last_stage_log(tmp_path, [{"log": "nowhere/metrics.jsonl"}]) == tmp_path / "metrics.jsonl"

@@ -33,15 +33,32 @@ def test_a_run_records_its_stage_and_a_fine_tune_appends_its_own(course_dir, tmp
     assert (stages2[1]["steps"], stages2[1]["lr"], stages2[1]["init_from"]) == (3, 1e-3, str(first / "pipeline"))
 
 
-def test_the_shipped_model_lists_its_three_stages():
-    stages = read_stages(REPO / "pretrained" / "quick")
+def test_the_shipped_model_lists_every_chunk_with_its_log():
+    """pretrained/quick: CPU chunks from random weights, each started from the one before, each log committed."""
+    folder = REPO / "pretrained" / "quick"
+    stages = read_stages(folder)
+    assert len(stages) >= 5 and stages[0]["init_from"] is None
+    assert all(s["init_from"] == f"pretrained/quick (chunk {k})" for k, s in enumerate(stages[1:], 1))
+    assert all(s["images"] == s["steps"] * s["batch_size"] and s["precision"] == "fp32" and "CPU" in s["device"]
+               for s in stages)
+    card = (folder / "README.md").read_text()
+    assert all(describe_stage(s) in card for s in stages)
+    for k, s in enumerate(stages, 1):
+        assert s["log"] == f"pretrained/quick/metrics-chunk{k}.jsonl"
+        if k != 2:  # chunk 2's log runs on past the exported step 3000 into its divergence (TRAINING.md)
+            assert run_speed(REPO / s["log"]) == (s["minutes"], s["img_per_s"])
+
+
+def test_the_multi_hot_model_it_replaced_lists_its_three_stages():
+    folder = REPO / "pretrained" / "quick-multihot"
+    stages = read_stages(folder)
     assert [(s["steps"], s["batch_size"], s["precision"]) for s in stages] == [
         (3833, 256, "bf16"), (3706, 64, "fp32"), (5600, 64, "fp32")]
     assert all(s["images"] == s["steps"] * s["batch_size"] for s in stages)
     assert "H200" in stages[0]["device"] and all("CPU" in s["device"] for s in stages[1:])
-    card = (REPO / "pretrained" / "quick" / "README.md").read_text()
+    card = (folder / "README.md").read_text()
     assert all(describe_stage(s) in card for s in stages)
-    assert run_speed(REPO / "pretrained" / "quick" / "metrics.jsonl") == (stages[2]["minutes"], stages[2]["img_per_s"])
+    assert run_speed(folder / "metrics.jsonl") == (stages[2]["minutes"], stages[2]["img_per_s"])
 
 
 def test_a_resumed_run_adds_up_its_segments_and_a_bad_file_names_itself(tmp_path):

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One prepared GPU run for pretrained/quick-tokens: render the default synthetic set, train gpu.yaml for MINUTES
+# One prepared GPU run for pretrained/quick: render the default synthetic set, train gpu.yaml for MINUTES
 # (from random weights, or from INIT, a model folder such as the last CPU chunk), which exports the EMA weights in
 # fp16 (gpu.yaml's export_dtype); with SEEDS set, bench_fidelity reads it there too (on the CPU cores: ~1 min a
 # seed on 16). What must last comes back in $OUT as <= 15 MB parts of one tar.
 #
-#   bash pretrained/quick-tokens/gpu.sh                 # on the device machine, from the repository root; OUT set
-#   MINUTES=0.2 SCENES=60 DEVICE=cpu OUT=/tmp/out bash pretrained/quick-tokens/gpu.sh   # tiny, on a CPU
+#   bash pretrained/quick/gpu.sh                 # on the device machine, from the repository root; OUT set
+#   MINUTES=0.2 SCENES=60 DEVICE=cpu OUT=/tmp/out bash pretrained/quick/gpu.sh   # tiny, on a CPU
 #
 # Rejoin here with `cat OUT/part-* | tar x -C DEST`; DEST/run/pipeline is then a model folder for --init-from.
 set -uo pipefail
@@ -15,7 +15,7 @@ SEEDS=${SEEDS:-}                # e.g. 0-2; empty: read it at home
 DEVICE=${DEVICE:-cuda}
 WORKERS=${WORKERS:-16}
 INIT=${INIT:-}
-W=${W:-/tmp/quick-tokens}
+W=${W:-/tmp/quick-gpu}
 PY=${PY:-python3}
 source pretrained/quick/gpu_env.sh
 
@@ -23,7 +23,7 @@ stamp "render the default synthetic set"
 $PY -m lab6 synth --out data/synth --scenes "$SCENES" --workers "$WORKERS" > "$W/logs/synth.log" 2>&1 || { cat "$W/logs/synth.log"; exit 1; }
 
 stamp "train"
-$PY -m lab6 train --profile quick --config pretrained/quick-tokens/gpu.yaml --data data/synth --out "$W/run" \
+$PY -m lab6 train --profile quick --config pretrained/quick/gpu.yaml --data data/synth --out "$W/run" \
   --max-minutes "$MINUTES" --device "$DEVICE" --no-progress ${INIT:+--init-from "$INIT"} > "$W/logs/train.log" 2>&1
 stamp "train ended: $?"
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One prepared GPU session (round 3): the shipped evaluator, the count checker and two 64x64 UNets, trained at
 # once on one card; everything that must last comes back in $OUT as <= 15 MB parts of one tar. It made stage 1 of
-# pretrained/quick (v2), pretrained/evaluator and the first step of pretrained/checker; v1 is a measurement
+# pretrained/quick-multihot (v2), pretrained/evaluator and the first step of pretrained/checker; v1 is a measurement
 # (benchmarks/recipes/quick64-v1.yaml, benchmarks/LOG.md "Round 3").
 #
-#   bash pretrained/quick/gpu_round3.sh            # on the device machine, from the repository root; OUT must be set
-#   MINUTES=0.2 SCENES=60 DEVICE=cpu bash pretrained/quick/gpu_round3.sh   # the same steps, tiny, on a CPU
+#   bash pretrained/quick-multihot/gpu_round3.sh            # on the device machine, from the repository root; OUT must be set
+#   MINUTES=0.2 SCENES=60 DEVICE=cpu bash pretrained/quick-multihot/gpu_round3.sh   # the same steps, tiny, on a CPU
 #
 # Rejoin here with `cat OUT/part-* | tar x -C DEST`.
 set -uo pipefail
@@ -23,7 +23,7 @@ stamp "render the default synthetic set"
 $PY -m lab6 synth --out data/synth --scenes "$SCENES" --workers "$WORKERS" > "$W/logs/synth.log" 2>&1 || { cat "$W/logs/synth.log"; exit 1; }
 
 for v in v1 v2; do
-  recipe=pretrained/quick/quick64-v2.yaml
+  recipe=pretrained/quick-multihot/quick64-v2.yaml
   [ "$v" = v1 ] && recipe=benchmarks/recipes/quick64-v1.yaml
   stamp "start UNet $v"
   $PY -m lab6 train --profile quick --config "$recipe" --data data/synth --out "$W/$v" \

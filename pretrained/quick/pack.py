@@ -1,6 +1,6 @@
 """Commit one chunk's export here: the weights, every stage in stages.json, its log and bench, a card with its scores.
 
-    .venv/bin/python pretrained/quick-tokens/pack.py RUN K [--fidelity DIR] [--device "CPU (AMD EPYC), 2 threads"]
+    .venv/bin/python pretrained/quick/pack.py RUN K [--fidelity DIR] [--device "CPU (AMD EPYC), 2 threads"]
 
 RUN is the chunk's `lab6 train --out` folder (its pipeline/ is the export, fp16 by the recipe's export_dtype), K the
 chunk's number, DIR the `bench_fidelity.py --models RUN/pipeline` folder that read it. The export names the machine's
@@ -24,7 +24,7 @@ from lab6.config import to_yaml
 from lab6.io import write_json, write_text
 from lab6.records import STAGES_FILE, read_stages
 
-HERE = Path("pretrained/quick-tokens")
+HERE = Path("pretrained/quick")
 COPIED = ("model_index.json", "unet", "scheduler", "lab6_pipeline.py", EXPORT_STEP_FILE)
 
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     cfg = load_run_config(src)
-    cfg.train.output_dir, cfg.train.data_root = f"outputs/quick-tokens-c{args.chunk}", "data/synth"
+    cfg.train.output_dir, cfg.train.data_root = f"outputs/quick-c{args.chunk}", "data/synth"
     cfg.train.init_from = str(HERE) if args.chunk > 1 else None
     stage = read_stages(src)[-1]
     stage |= {"init_from": f"{HERE} (chunk {args.chunk - 1})" if args.chunk > 1 else None,
