@@ -294,12 +294,20 @@ STAGE_COLUMNS = ("date", "device", "minutes", "steps", "images", "batch_size", "
                  "timestep_sampling", "min_snr_gamma", "foreground_weight", "precision", "img_per_s", "init_from")
 
 
+STAGES_PER_TABLE = 4  # stage columns that fit a printed page's width
+
+
 def stages_table(stages: list[dict]) -> str:
-    """Every training stage of a model (its stages.json), one column each, oldest first: fits a printed page."""
+    """Every training stage of a model (its stages.json), one column each, oldest first, in as many tables of
+    balanced width as a printed page needs."""
     def cell(v):
         return f"{v:g}" if isinstance(v, float) else v
-    return table({c: {f"stage {i}": cell(st.get(c)) for i, st in enumerate(stages, 1)} for c in STAGE_COLUMNS},
-                 "stage", "wide")
+    n_tables = max(1, -(-len(stages) // STAGES_PER_TABLE))
+    per = max(1, -(-len(stages) // n_tables))  # 6 stages: two tables of 3
+    return "".join(
+        table({c: {f"stage {i}": cell(st.get(c)) for i, st in enumerate(stages[k:k + per], k + 1)}
+               for c in STAGE_COLUMNS}, "stage", "wide")
+        for k in range(0, len(stages), per))
 
 
 def kv_table(title: str, items: dict, pairs: int = 3) -> str:

@@ -141,7 +141,8 @@ def test_the_card_shows_the_scores_a_run_recorded(tmp_path):
                       for on in (True, False))
     assert "shift_patches" not in model_card(fixed)
     assert "the patch grid moved by a few pixels at every step (`shift_patches`)" in model_card(shifted)
-    only = dataclasses.replace(quick, model=dataclasses.replace(quick.model, object_tokens=64, multi_hot=False))
+    only = dataclasses.replace(quick, model=dataclasses.replace(quick.model, object_tokens=64, multi_hot=False,
+                                                                tokens_every_level=False))
     assert "object tokens (64 wide, the only condition)" in model_card(only)
     every = dataclasses.replace(quick, model=dataclasses.replace(only.model, tokens_every_level=True))
     assert "object tokens (64 wide, the only condition, read at every level)" in model_card(every)

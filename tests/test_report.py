@@ -200,3 +200,13 @@ def test_the_shipped_models_training_curve_is_its_last_stages_log(tmp_path):
     assert R.last_stage_log(tmp_path, []) is None
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
     assert R.last_stage_log(tmp_path, [{"log": "nowhere/metrics.jsonl"}]) == tmp_path / "metrics.jsonl"
+
+
+def test_many_stages_split_into_tables_that_fit_a_page():
+    """Six chunks (pretrained/quick) print as two tables of three stages, every stage once, numbered in order."""
+    stages = [{"steps": 100 * i, "batch_size": 64, "lr": 1e-3} for i in range(1, 7)]
+    html = R.stages_table(stages)
+    tables = html.split("</table>")[:-1]
+    assert len(tables) == 2 and all(t.count("<th>stage ") == 3 for t in tables)
+    assert [f"stage {i}" in html for i in range(1, 7)] == [True] * 6 and "stage 7" not in html
+    assert R.stages_table(stages[:4]).count("</table>") == 1  # four still fit one table
