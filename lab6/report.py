@@ -443,6 +443,15 @@ def reference_figures(model_dir: Path) -> list[str]:
                  "seeds.</p>", table(rows, "figure"))]
 
 
+def loss_weighting(cfg: Config) -> str:
+    """How a recipe weighs its diffusion loss, after "weighs": min-SNR, how t is drawn, object pixels."""
+    tr = cfg.train
+    parts = ([f"min-SNR-{tr.min_snr_gamma:g}"] if tr.min_snr_gamma else []) + (
+        ["t drawn by that weight"] if tr.min_snr_gamma and tr.timestep_sampling == "importance" else []) + (
+        [f"object pixels ×{1 + tr.foreground_weight:g}"] if tr.foreground_weight else [])
+    return "by " + ", ".join(parts) if parts else "every timestep and pixel alike"
+
+
 def training_curve(curves: dict[str, list[dict]]) -> bytes | None:
     curves = {k: [r for r in v if "loss" in r] for k, v in curves.items()}
     curves = {k: v for k, v in curves.items() if v}
@@ -912,7 +921,10 @@ def build_report(run_dir: str | os.PathLike, data_root: str | os.PathLike,
         s += ["<h3>Training</h3>", f"<p>Notebook 03 (training) was not run: <code>lab6 run --model</code> drew every "
               f"figure below from the given model <code>{esc(shown_path(model_dir))}</code>.</p>"]
     elif curve:
-        s.append(keep("<h3>Training curve</h3>", img(curve, "training loss against step")))
+        scales = ("" if len(curves) < 2 or None in (cfg, live_cfg) or loss_weighting(cfg) == loss_weighting(live_cfg)
+                  else f"<p class='note'>The two curves are not one loss: the live run weighs its loss "
+                       f"{loss_weighting(live_cfg)}; the shipped model's last stage weighs {loss_weighting(cfg)}.</p>")
+        s.append(keep("<h3>Training curve</h3>", img(curve, "training loss against step"), scales))
     s += reference_figures(model_dir)
     acc = m5.get("accuracy", {})
     seeds = m5.get("seeds") or m5.get("fid", {}).get("seeds")

@@ -210,3 +210,11 @@ def test_many_stages_split_into_tables_that_fit_a_page():
     assert len(tables) == 2 and all(t.count("<th>stage ") == 3 for t in tables)
     assert [f"stage {i}" in html for i in range(1, 7)] == [True] * 6 and "stage 7" not in html
     assert R.stages_table(stages[:4]).count("</table>") == 1  # four still fit one table
+
+
+def test_the_training_curve_says_when_its_two_losses_differ():
+    from lab6.config import load_config
+    from lab6.run import CONFIG_DIR
+    live, quick = load_config("quick", CONFIG_DIR / "quick-live.yaml"), load_config("quick")
+    assert R.loss_weighting(quick) == "every timestep and pixel alike"
+    assert R.loss_weighting(live) == "by min-SNR-5, t drawn by that weight, object pixels ×4"
