@@ -912,8 +912,9 @@ def build_report(run_dir: str | os.PathLike, data_root: str | os.PathLike,
     # 4. Results
     s.append("<h2>4. Results</h2>")
     curves = {}
-    if shipped and last_stage_log(model_dir, stages):
-        curves["shipped model (its last training stage)"] = read_metrics(last_stage_log(model_dir, stages))
+    shipped_log = last_stage_log(model_dir, stages) if shipped else None
+    if shipped_log:
+        curves["shipped model (its last training stage)"] = read_metrics(shipped_log)
     if (run / "train" / "metrics.jsonl").exists() and not given:
         curves["trained live in this run"] = read_metrics(run / "train" / "metrics.jsonl")
     curve = training_curve(curves)
@@ -921,9 +922,10 @@ def build_report(run_dir: str | os.PathLike, data_root: str | os.PathLike,
         s += ["<h3>Training</h3>", f"<p>Notebook 03 (training) was not run: <code>lab6 run --model</code> drew every "
               f"figure below from the given model <code>{esc(shown_path(model_dir))}</code>.</p>"]
     elif curve:
-        scales = ("" if len(curves) < 2 or None in (cfg, live_cfg) or loss_weighting(cfg) == loss_weighting(live_cfg)
-                  else f"<p class='note'>The two curves are not one loss: the live run weighs its loss "
-                       f"{loss_weighting(live_cfg)}; the shipped model's last stage weighs {loss_weighting(cfg)}.</p>")
+        live_w, shipped_w = (loss_weighting(c) if c else None for c in (live_cfg, cfg))
+        scales = ("" if len(curves) < 2 or None in (live_w, shipped_w) or live_w == shipped_w else
+                  f"<p class='note'>The two curves are not one loss: the live run weighs its loss {live_w}; the "
+                  f"shipped model's last stage weighs {shipped_w}.</p>")
         s.append(keep("<h3>Training curve</h3>", img(curve, "training loss against step"), scales))
     s += reference_figures(model_dir)
     acc = m5.get("accuracy", {})
