@@ -62,6 +62,8 @@ def model_card(cfg: Config, step: int | None = None, scores: dict[str, dict[str,
     stages (else those of `folder`'s stages.json, if it has one)."""
     stages = stages if stages is not None else read_stages(folder)
     m, t, s = cfg.model, cfg.train, cfg.sample
+    # The last stage names its start as it was then (a folder may since hold a later model); the config, the path.
+    start = stages[-1].get("init_from") if stages else t.init_from
     steps = f"{step} steps" if step is not None else f"up to {t.max_steps} steps"
     extras = [f"object tokens ({m.object_tokens} wide{'' if m.multi_hot else ', the only condition'}"
               f"{', read at every level' if m.tokens_every_level else ''})"
@@ -87,7 +89,7 @@ def model_card(cfg: Config, step: int | None = None, scores: dict[str, dict[str,
         f"{t.batch_size}, learning rate {t.lr:g} ({t.lr_scheduler}), mixed precision "
         f"{t.mixed_precision} on CUDA (a CPU trains in float32), classifier-free guidance dropout {t.cond_drop_prob:g}; "
         f"the EMA weights (decay {t.ema_decay:g}) are what this folder holds, on data from `{t.data_root}`"
-        + (f", started from `{t.init_from}`" if t.init_from else "") + ".",
+        + (f", started from `{start}`" if start else "") + ".",
         "",
         f"Default sampler: {s.sampler}, {s.num_steps} steps, guidance scale {s.guidance_scale:g}"
         + (", the patch grid moved by a few pixels at every step (`shift_patches`)"

@@ -598,7 +598,7 @@ def discussion(acc: dict, beyond: dict, breakdown: dict, ablation: dict, fid: di
                                   "misses on ground-truth renders are wrong shapes too (<code>benchmarks/LOG.md</code>, "
                                   "<i>The judges' ceilings</i>).",
                    "wrong colour": " A wrong colour is mostly a binding error: every requested colour is in the "
-                                   "label vector, and one lands on the wrong object, often as a duplicate of "
+                                   "condition, and one lands on the wrong object, often as a duplicate of "
                                    "another (the checker's column of the worst-images table).",
                    "missing": " A requested object not drawn at all is most often one of two objects of one colour, "
                               "fused into the other or pushed out of the scene."}.get(top, "")
