@@ -6,7 +6,7 @@
 For every model and setting (a lab6.compare.SAMPLER_SETTINGS name, or one with another step count such as
 SDE-DPM++-18, or none for the model's own sampler, `@w` for the
 guidance scale, `+o` for composable guidance of weight o per object beside it, `:shift` / `:noshift` to move the patch
-grid at every step or not; default the model's), samples each
+grid at every step or not, `:bf16` to run the network under bf16 autocast; default the model's), samples each
 label set of test, new_test and unseen_test once per seed and reports per split the course's top-k accuracy and the
 count checker's exact-scene accuracy (mean over seeds), the share of images with a duplicated / unrequested /
 missing object, the evaluator's wrong-shape misses, and pooled over all images FID and KID on the evaluator's
@@ -56,18 +56,21 @@ HEADER = ["model", "setting", "judges", "split", "top-k", "exact", "duplicate", 
 
 
 def parse_settings(text: str) -> list[tuple[str | None, str | None, int | None, float | None, float | None,
-                                             bool | None]]:
-    """'SDE-DPM++-25@4,DPM++-20,@3+1:shift' -> [(name, sampler, steps, guidance, per-object guidance, shifted
-    patches)], None meaning the model's own; a bare '@w+o' keeps the model's sampler, '+o' adds composable guidance
-    of weight o per object, ':shift' / ':noshift' moves (or keeps) the patch grid at every step."""
+                                             bool | None, str | None]]:
+    """'SDE-DPM++-25@4,DPM++-20,@3+1:shift:bf16' -> [(name, sampler, steps, guidance, per-object guidance, shifted
+    patches, precision)], None meaning the model's own; a bare '@w+o' keeps the model's sampler, '+o' adds composable
+    guidance of weight o per object, ':shift' / ':noshift' moves (or keeps) the patch grid at every step, ':bf16'
+    runs the network under bf16 autocast."""
     known = {s[0]: s for s in SAMPLER_SETTINGS}
     families = {name.rsplit("-", 1)[0]: sampler for name, sampler, _ in SAMPLER_SETTINGS}  # SDE-DPM++-18 and such
     shifts = {"": None, "shift": True, "noshift": False}
     out = []
     for item in filter(None, (t.strip() for t in text.split(","))):
-        item, _, shift = item.partition(":")
-        if shift not in shifts:
-            raise SystemExit(f"error: --settings: {shift!r}: expected ':shift' or ':noshift' after a setting")
+        item, *flags = item.split(":")
+        if any(f not in ("shift", "noshift", "bf16") for f in flags) or sum(f != "bf16" for f in flags) > 1:
+            raise SystemExit(f"error: --settings: {':'.join(flags)!r}: expected ':shift' or ':noshift', then "
+                             "optionally ':bf16', after a setting")
+        shift = next((f for f in flags if f != "bf16"), "")
         name, _, scales = item.partition("@")
         family, _, steps = name.rpartition("-")
         if name and name not in known and family in families and steps.isdigit() and int(steps) > 0:
@@ -80,7 +83,8 @@ def parse_settings(text: str) -> list[tuple[str | None, str | None, int | None, 
             w, o = (float(w) if w else None), (float(o) if o else None)
         except ValueError:
             raise SystemExit(f"error: --settings: {item!r}: expected NAME@w or NAME@w+o with numbers") from None
-        out.append((name or None, *(known[name][1:3] if name else (None, None)), w, o, shifts[shift]))
+        out.append((name or None, *(known[name][1:3] if name else (None, None)), w, o, shifts[shift],
+                    "bf16" if "bf16" in flags else None))
     return out
 
 
@@ -154,18 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     record("ground truth", f"render seed {FLOOR_SEED} vs {REAL_SEED}", floor, None)
     for model in filter(None, args.models.split(",")):
         pipe = load_pipeline(model, device="cpu")
-        for name, sampler, steps, w, o, shift in parse_settings(args.settings) or [(None,) * 6]:
+        for name, sampler, steps, w, o, shift, precision in parse_settings(args.settings) or [(None,) * 7]:
             chunks, t0 = [], time.perf_counter()
             for seed in seeds:
                 for split in splits:
                     chunks.append(sample(pipe, splits[split], sampler=sampler, num_steps=steps, guidance_scale=w,
-                                         seed=seed, object_guidance_scale=o, shift_patches=shift).images)
+                                         seed=seed, object_guidance_scale=o, shift_patches=shift,
+                                         precision=precision).images)
             seconds = (time.perf_counter() - t0) / len(chunks)
             images = torch.cat(chunks)
             o = pipe.resolve_object_scale(o)
             shift = pipe.resolve_shift_patches(shift)
             label = (f"{name or 'default'}@{w if w is not None else pipe.config.default_guidance_scale:g}"
-                     + (f"+{o:g}" if o else "") + (":shift" if shift else ""))
+                     + (f"+{o:g}" if o else "") + (":shift" if shift else "") + (f":{precision}" if precision else ""))
             record(model, label, images, seconds)
             folder = Path(model)  # an export folder named pipeline/ or fp16/ is named by its run
             name = f"{folder.parent.name}-{folder.name}" if folder.name in ("pipeline", "fp16") else folder.name

@@ -55,17 +55,19 @@ def run_in_process(script: str, *args: str) -> str:
     return buf.getvalue()
 
 
-def test_fidelity_settings_name_sampler_guidance_per_object_guidance_and_shift():
+def test_fidelity_settings_name_sampler_guidance_per_object_guidance_shift_and_precision():
     spec = importlib.util.spec_from_file_location("_bench_fidelity_settings", BENCH / "bench_fidelity.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.parse_settings("DDIM-25@2, @3+1,@3:shift,DPM++-20:noshift,SDE-DPM++-18@3") == [
-        ("DDIM-25", "ddim", 25, 2.0, None, None), (None, None, None, 3.0, 1.0, None),
-        (None, None, None, 3.0, None, True), ("DPM++-20", "dpm", 20, None, None, False),
-        ("SDE-DPM++-18", "dpm-sde", 18, 3.0, None, None)]
+    assert module.parse_settings("DDIM-25@2, @3+1,@3:shift,DPM++-20:noshift,SDE-DPM++-18@3,@3:shift:bf16,:bf16") == [
+        ("DDIM-25", "ddim", 25, 2.0, None, None, None), (None, None, None, 3.0, 1.0, None, None),
+        (None, None, None, 3.0, None, True, None), ("DPM++-20", "dpm", 20, None, None, False, None),
+        ("SDE-DPM++-18", "dpm-sde", 18, 3.0, None, None, None), (None, None, None, 3.0, None, True, "bf16"),
+        (None, None, None, None, None, None, "bf16")]
     for bad, message in (("EULER@2", "unknown 'EULER'"), ("SDE-DPM++-0", "unknown 'SDE-DPM++-0'"),
                          ("@3+x", "expected NAME@w or NAME@w+o"),
-                         ("@3:roll", "expected ':shift' or ':noshift'")):
+                         ("@3:roll", "expected ':shift' or ':noshift'"),
+                         ("@3:shift:noshift", "expected ':shift' or ':noshift', then optionally ':bf16'")):
         with pytest.raises(SystemExit, match=re.escape(message)):
             module.parse_settings(bad)
 

@@ -157,6 +157,18 @@ def test_shift_patches_changes_a_patch_model_only_and_its_default_travels_with_t
     assert torch.allclose(run(loaded), moved, atol=1e-6)
 
 
+def test_bf16_precision_runs_the_network_in_bf16_and_keeps_the_images_in_fp32(pipe):
+    """precision="bf16": the network's matmuls under autocast (other images, near fp32's), the output still fp32;
+    fp32 / None are the weights' own dtype; anything else is refused in one line naming the option."""
+    run = lambda **kw: sample(pipe, SETS, sampler="dpm", num_steps=4, seed=1, guidance_scale=2.0, **kw).images  # noqa: E731
+    plain, half = run(), run(precision="bf16")
+    assert torch.equal(run(precision="fp32"), plain)
+    assert half.dtype == torch.float32 and half.shape == plain.shape
+    assert not torch.equal(half, plain) and (half - plain).abs().mean() < 0.05
+    with pytest.raises(ConfigError, match=r"^precision: expected fp32 or bf16 .*got 'fp16'$"):
+        run(precision="fp16")
+
+
 def test_sample_eta_of_the_config_travels_with_the_export(tmp_path):
     """sample.eta (DDIM's noise) is the exported pipeline's default: eta 1 samples differently from eta 0,
     exactly as passing eta=1 does; out of [0, 1] it is refused."""
